@@ -1,0 +1,36 @@
+# pld-ros: the two commands of the README, and the helpers around them.
+# Every target bootstraps first when needed (scripts/bootstrap.sh is idempotent and quick when
+# nothing changed).
+SHELL := /bin/bash
+IN_ENV := scripts/in_env.sh
+
+.PHONY: bootstrap demo test lint typecheck pytest constraints clean
+
+bootstrap:
+	@bash scripts/bootstrap.sh
+
+## Run the main job on simulated hardware.
+demo: bootstrap
+	$(IN_ENV) pld launch franka_pick_cube --sim --duration $${PLD_DEMO_SECONDS:-30}
+
+## Lint, type checks and the test suite (what CI runs).
+test: bootstrap
+	$(IN_ENV) scripts/check.sh
+
+lint: bootstrap
+	$(IN_ENV) ruff check src tests bench launch scripts
+	$(IN_ENV) ruff format --check src tests bench launch scripts
+
+typecheck: bootstrap
+	$(IN_ENV) mypy
+
+pytest: bootstrap
+	$(IN_ENV) python -m pytest
+
+## Re-pin requirements/constraints.txt from the current venv.
+constraints: bootstrap
+	$(IN_ENV) bash -c 'pip freeze --exclude-editable | sed "s/^torch==\([0-9.]*\)+cpu/torch==\1/" > requirements/.constraints.new'
+	@echo "review requirements/.constraints.new, then move it over requirements/constraints.txt"
+
+clean:
+	rm -rf build install log

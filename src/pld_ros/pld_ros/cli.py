@@ -1,0 +1,116 @@
+"""The ``pld`` command line: everything a robot-learning team runs by hand, in one place."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pld_ros import __version__
+from pld_ros.graph import Graph, build_graph
+from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
+from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
+
+app = typer.Typer(
+    name="pld",
+    help="Run PLD (Probe, Learn, Distill) on real and simulated robot arms with ROS 2.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+profile_app = typer.Typer(help="Inspect and validate robot profiles (config/*.yaml).", no_args_is_help=True)
+app.add_typer(profile_app, name="profile")
+
+ProfileArg = Annotated[
+    str, typer.Argument(help="Profile name in config/ (e.g. franka_pick_cube) or a path to a YAML file.")
+]
+SimOption = Annotated[bool, typer.Option("--sim", help="Use the simulated variant (<name>_sim.yaml).")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"pld: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _graph(profile: str, sim: bool) -> Graph:
+    try:
+        path = resolve_profile_path(profile, sim=sim)
+        return build_graph(load_profile(path, sim=sim), path)
+    except (ProfileError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pld-ros {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Run PLD (Probe, Learn, Distill) on real and simulated robot arms with ROS 2."""
+
+
+@app.command()
+def launch(
+    profile: ProfileArg,
+    sim: SimOption = False,
+    duration: Annotated[
+        float | None, typer.Option(min=0.0, help="Stop after this many seconds (default: run until Ctrl-C).")
+    ] = None,
+) -> None:
+    """Start every node of a profile's graph as its own process (like `ros2 launch`).
+
+    Logs are prefixed with the node name. Ctrl-C or SIGTERM stops all nodes (SIGINT, then
+    SIGTERM, then SIGKILL). A node that dies is reported with its exit code and last output,
+    and stops the graph unless the profile marks it for respawn; the exit code is then 1.
+    """
+    graph = _graph(profile, sim)
+    try:
+        with process_specs(graph) as specs:
+            runner = GraphRunner(specs)
+            runner.log(f"profile {graph.profile.name} ({graph.profile_path}): {len(specs)} node(s)")
+            with forward_signals(runner):
+                report = runner.run(duration=duration)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
+    for failure in report.failed:
+        typer.echo(f"pld: node '{failure.name}' {failure.cause}", err=True)
+    raise typer.Exit(report.exit_code)
+
+
+@profile_app.command("list")
+def profile_list() -> None:
+    """List the profiles shipped in config/."""
+    for path in sorted(default_config_dir().glob("*.yaml")):
+        typer.echo(path.stem)
+
+
+@profile_app.command("check")
+def profile_check(profile: ProfileArg, sim: SimOption = False) -> None:
+    """Validate a profile; print every problem with its field, value and reason."""
+    graph = _graph(profile, sim)
+    typer.echo(f"{graph.profile_path}: ok ({graph.profile.name}, {len(graph.nodes)} node(s))")
+
+
+@profile_app.command("graph")
+def profile_graph(profile: ProfileArg, sim: SimOption = False) -> None:
+    """Print the node graph a profile starts: names, executables, namespaces, parameters."""
+    graph = _graph(profile, sim)
+    for node in graph.nodes:
+        respawn = ", respawn" if node.respawn else ""
+        typer.echo(f"{node.fully_qualified_name}  ({node.package}/{node.executable}{respawn})")
+        for key, value in sorted(node.parameters.items()):
+            typer.echo(f"    {key}: {value!r}")
+
+
+def main() -> None:
+    app(prog_name="pld")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ROS-free core: everything here imports and runs without rclpy."""

@@ -1,0 +1,11 @@
+"""The node executables pld_ros installs, and the module that implements each.
+
+setup.py turns this table into console scripts (so ``ros2 run`` and launch files find them);
+``pld launch`` runs the same modules directly where no ROS install exists. Keep this file free of
+imports: setup.py executes it before the package is installed.
+"""
+
+NODE_EXECUTABLES = {
+    "heartbeat": "pld_ros.nodes.heartbeat",
+    "health_monitor": "pld_ros.nodes.health_monitor",
+}

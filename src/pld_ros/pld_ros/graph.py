@@ -1,0 +1,80 @@
+"""The node graph of a profile: which nodes run, with which parameters, in which namespaces.
+
+One function, :func:`build_graph`, computes it; the launch files turn it into ``launch_ros``
+actions and ``pld launch`` into processes, so both start exactly the same nodes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pld_ros.profile import Profile
+
+ParameterValue = bool | int | float | str | list[bool] | list[int] | list[float] | list[str]
+
+HEARTBEAT_TOPIC = "/pld/heartbeat"
+"""Every pld node publishes its liveness here; the health monitor watches it."""
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    executable: str
+    package: str = "pld_ros"
+    namespace: str = ""
+    parameters: dict[str, ParameterValue] = field(default_factory=dict)
+    remappings: tuple[tuple[str, str], ...] = ()
+    respawn: bool = False
+    """Restart on exit. A node that is not respawned is required: its exit stops the graph."""
+    respawn_delay: float = 1.0
+
+    @property
+    def fully_qualified_name(self) -> str:
+        namespace = self.namespace.strip("/")
+        return f"/{namespace}/{self.name}" if namespace else f"/{self.name}"
+
+
+@dataclass(frozen=True)
+class Graph:
+    profile: Profile
+    profile_path: Path
+    nodes: tuple[NodeSpec, ...]
+
+    def node(self, name: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no node {name!r} in the graph of profile {self.profile.name!r}")
+
+
+def build_graph(profile: Profile, profile_path: Path) -> Graph:
+    """Compute the node graph of a validated profile.
+
+    Nodes that serve a profile section get ``profile_path`` as their ``profile`` parameter and
+    read their section from the same validated file, rather than from a second copy of its values.
+    """
+    extra = [
+        NodeSpec(
+            name=node.name,
+            executable=node.executable,
+            package=node.package,
+            namespace=node.namespace,
+            parameters=dict(node.parameters),
+            respawn=node.respawn,
+        )
+        for node in profile.extra_nodes
+    ]
+    watched = [spec.fully_qualified_name for spec in extra if spec.package == "pld_ros"]
+    monitor = NodeSpec(
+        name="health_monitor",
+        executable="health_monitor",
+        parameters={"expected": watched} if watched else {},
+        respawn=True,
+    )
+    nodes = (monitor, *extra)
+    names = [spec.fully_qualified_name for spec in nodes]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"profile {profile.name!r}: node names clash: {', '.join(duplicates)}")
+    return Graph(profile=profile, profile_path=profile_path, nodes=nodes)

@@ -1,0 +1,543 @@
+"""Robot profiles: one YAML file per robot setup, validated before any node starts.
+
+A profile is the single source of truth for a setup: the launch files, the ``pld`` command line
+and every node read it through :func:`load_profile`. A simulated variant names its base profile
+with ``extends:`` and overrides only what differs; mappings merge key by key, everything else
+(lists included) is replaced whole.
+
+Units follow REP-103: metres, radians, seconds. Poses are in the robot base frame.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
+
+Vector3 = tuple[float, float, float]
+UnitInterval = Annotated[float, Field(ge=0.0, le=1.0)]
+# ROS names: letters, digits and underscores, not starting with a digit.
+RosName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used; the message names the file, the field, the value and why."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are rejected: a typo in a safety limit must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Arms
+# --------------------------------------------------------------------------------------------
+
+
+class SafetyLimits(_Section):
+    """Limits applied to every command before it reaches an arm backend."""
+
+    workspace_min: Vector3
+    """Lower corner of the allowed end-effector box in the base frame, m."""
+    workspace_max: Vector3
+    """Upper corner of the allowed end-effector box in the base frame, m."""
+    max_translation_step: PositiveFloat = 0.02
+    """Largest translation per control tick, m (0.02 m at 20 Hz is 0.4 m/s)."""
+    max_rotation_step: PositiveFloat = 0.1
+    """Largest rotation per control tick, rad."""
+    gripper_min: UnitInterval = 0.0
+    """Smallest gripper closure a command may ask for (0 = fully open)."""
+    gripper_max: UnitInterval = 1.0
+    """Largest gripper closure a command may ask for (1 = fully closed)."""
+    command_timeout_ticks: PositiveInt = 5
+    """Ticks without a command after which the arm holds its last target."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SafetyLimits:
+        for axis, lo, hi in zip("xyz", self.workspace_min, self.workspace_max, strict=True):
+            if lo >= hi:
+                raise ValueError(f"workspace_min.{axis} ({lo}) must be below workspace_max.{axis} ({hi})")
+        if self.gripper_min > self.gripper_max:
+            raise ValueError("gripper_min must not exceed gripper_max")
+        return self
+
+
+class FrankyArm(_Section):
+    """A Franka FR3 or Panda driven through franky (libfranka)."""
+
+    driver: Literal["franky"]
+    model: Literal["fr3", "panda"] = "fr3"
+    host: str = "172.16.0.2"
+    """Robot (or franky-sim) address."""
+    realtime: Literal["enforce", "if_available", "ignore"] = "enforce"
+    """libfranka real-time mode; "ignore" only where no RT kernel exists (simulation)."""
+    relative_dynamics_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """Scales franky's velocity, acceleration and jerk limits."""
+    home_joints: tuple[float, float, float, float, float, float, float] = (
+        0.0,
+        -0.785,
+        0.0,
+        -2.356,
+        0.0,
+        1.571,
+        0.785,
+    )
+    """Joint configuration of the reset pose, rad."""
+    gripper_speed: PositiveFloat = 0.05
+    """Finger speed, m/s."""
+    gripper_force: PositiveFloat = 20.0
+    """Grasp force, N."""
+    max_gripper_width: PositiveFloat = 0.08
+    """Finger opening at closure 0, m."""
+    recover_errors: bool = True
+    """Call automatic error recovery after a reflex and resume from the measured pose."""
+    safety: SafetyLimits
+
+
+class I2rtArm(_Section):
+    """An I2RT YAM arm driven through the i2rt driver (SocketCAN)."""
+
+    driver: Literal["i2rt"]
+    can_channel: str = "can0"
+    gripper: Literal["linear_4310", "crank_4310", "linear_3507", "none"] = "linear_4310"
+    home_joints: tuple[float, float, float, float, float, float] = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    """Joint configuration of the reset pose, rad."""
+    ik_damping: PositiveFloat = 1e-3
+    """Damping of the differential IK that turns pose deltas into joint targets."""
+    safety: SafetyLimits
+
+
+Arm = Annotated[FrankyArm | I2rtArm, Field(discriminator="driver")]
+
+
+# --------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------
+
+
+class PolicyView(_Section):
+    """How a camera image becomes a policy input: crop (full-resolution pixels), then resize."""
+
+    width: PositiveInt = 128
+    height: PositiveInt = 128
+    crop: tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt] | None = None
+    """x, y, width, height of the crop, or none for the whole image."""
+
+
+class Camera(_Section):
+    driver: Literal["realsense", "opencv", "sim"]
+    serial: str | None = None
+    """RealSense serial number; required for the realsense driver."""
+    source: str | None = None
+    """OpenCV device index or video file / stream URL; required for the opencv driver."""
+    width: PositiveInt = 640
+    height: PositiveInt = 480
+    fps: PositiveInt = 30
+    exposure_us: PositiveInt | None = None
+    """Fixed exposure; none leaves auto-exposure on (avoid: it changes what the policy sees)."""
+    frame_id: str = ""
+    """Optical frame of the camera; defaults to "<name>_camera_optical_frame"."""
+    stale_after: PositiveFloat = 0.5
+    """Seconds without a frame after which the camera counts as stale (a fault)."""
+    policy_view: PolicyView = PolicyView()
+
+    @model_validator(mode="after")
+    def _driver_fields(self) -> Camera:
+        if self.driver == "realsense" and not self.serial:
+            raise ValueError("a realsense camera needs 'serial'")
+        if self.driver == "opencv" and self.source is None:
+            raise ValueError("an opencv camera needs 'source'")
+        crop = self.policy_view.crop
+        if crop is not None and (crop[0] + crop[2] > self.width or crop[1] + crop[3] > self.height):
+            raise ValueError(f"policy_view.crop {crop} exceeds the {self.width}x{self.height} image")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Policies
+# --------------------------------------------------------------------------------------------
+
+
+class BasePolicy(_Section):
+    """The frozen base policy (a VLA, or the embedded simulation policy)."""
+
+    backend: Literal["openpi", "onnx", "torch"]
+    uri: str | None = None
+    """Policy server for openpi, e.g. "ws://gpu-box:8000"."""
+    path: Path | None = None
+    """Model file for onnx / torch, relative to the profile's directory unless absolute."""
+    prompt: str
+    """Task instruction given to the policy."""
+    views: tuple[RosName, ...] = ("wrist", "side")
+    """Camera views the policy sees, in order."""
+    chunk_horizon: PositiveInt = 1
+    """Actions per predicted chunk (H)."""
+    execute_steps: PositiveInt = 1
+    """Actions executed from each chunk before the next one is used (k of H)."""
+    temporal_ensemble: bool = False
+    """Average overlapping chunk predictions for the same tick instead of taking the newest."""
+    timeout: PositiveFloat = 2.0
+    """Seconds without a fresh action after which the base policy counts as dead (a fault)."""
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> BasePolicy:
+        if self.backend == "openpi" and not self.uri:
+            raise ValueError("the openpi backend needs 'uri'")
+        if self.backend in ("onnx", "torch") and self.path is None:
+            raise ValueError(f"the {self.backend} backend needs 'path'")
+        if self.execute_steps > self.chunk_horizon:
+            raise ValueError("execute_steps cannot exceed chunk_horizon")
+        return self
+
+
+class XiSchedule(_Section):
+    """Scale xi of the residual: action = base + xi * residual, ramped linearly over updates."""
+
+    start: NonNegativeFloat = 0.1
+    end: NonNegativeFloat = 0.1
+    ramp_updates: NonNegativeInt = 0
+    """Learner updates over which xi goes from start to end; 0 keeps it at start."""
+
+
+class ResidualPolicy(_Section):
+    """The residual Gaussian actor trained by PLD."""
+
+    hidden_dim: PositiveInt = 256
+    num_layers: PositiveInt = 3
+    xi: XiSchedule = XiSchedule()
+    max_probe_steps: NonNegativeInt = 40
+    """K: the base policy runs k ~ U[0, K] steps before the residual takes over."""
+    weights: Path | None = None
+    """Initial weights (safetensors); none starts from zeros, i.e. the base policy alone."""
+
+
+class Policies(_Section):
+    base: BasePolicy
+    residual: ResidualPolicy = ResidualPolicy()
+
+
+# --------------------------------------------------------------------------------------------
+# Reward classifier and stages
+# --------------------------------------------------------------------------------------------
+
+
+class Stage(_Section):
+    name: RosName
+    head: NonNegativeInt = 0
+    """Output index of the classifier that scores this stage's success."""
+    threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    """Success probability above which a frame counts as positive."""
+    debounce_frames: PositiveInt = 3
+    """Consecutive positive frames needed before the stage counts as done."""
+    timeout: PositiveFloat = 30.0
+    """Seconds before the stage counts as failed."""
+    on_success: str = "done"
+    """Next stage name, or "done" to end the episode (or cycle) with success."""
+    on_failure: str = "abort"
+    """Recovery stage name, or "abort" to end the episode as a failure."""
+
+
+class Reward(_Section):
+    """Success classifier and the stage machine it drives."""
+
+    backend: Literal["onnx", "torch", "privileged"]
+    """"privileged" uses the simulator's ground truth; only valid in simulation."""
+    path: Path | None = None
+    views: tuple[RosName, ...] = ("wrist", "side")
+    stages: tuple[Stage, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stages_connected(self) -> Reward:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        for stage in self.stages:
+            if stage.on_success not in (*names, "done"):
+                raise ValueError(f"stage {stage.name!r}: on_success {stage.on_success!r} is not a stage")
+            if stage.on_failure not in (*names, "abort"):
+                raise ValueError(f"stage {stage.name!r}: on_failure {stage.on_failure!r} is not a stage")
+        if self.backend != "privileged" and self.path is None:
+            raise ValueError(f"the {self.backend} backend needs 'path'")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Episodes, learning, recording
+# --------------------------------------------------------------------------------------------
+
+
+class Supervisor(_Section):
+    control_rate: PositiveFloat = 20.0
+    """Control ticks per second, Hz."""
+    max_episode_steps: PositiveInt = 200
+    mode: Literal["base_only", "probe_takeover", "residual_only"] = "probe_takeover"
+    episodes: NonNegativeInt = 0
+    """Episodes to run before stopping; 0 runs until stopped."""
+    warmup_episodes: NonNegativeInt = 10
+    """Episodes with the base policy alone before the residual acts (they fill the offline buffer)."""
+    home_randomization: NonNegativeFloat = 0.03
+    """Half-width of the uniform random offset added to the home position on reset, m."""
+    settle_time: NonNegativeFloat = 0.5
+    """Seconds the scene must be still after a reset before an episode starts."""
+
+
+class Buffer(_Section):
+    directory: Path = Path("~/.local/share/pld/episodes")
+    """Where episodes are persisted, one file each."""
+    capacity: PositiveInt = 1_000_000
+    """Transitions kept in memory per buffer (offline and online)."""
+
+
+class Trainer(_Section):
+    """The Stage 1 learner; defaults are the PLD paper's unless marked otherwise."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: PositiveInt = 256
+    discount: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
+    critic_actor_ratio: PositiveInt = 2
+    """Critic updates per actor update."""
+    actor_lr: PositiveFloat = 3e-4
+    """(our default: SAC's usual value)"""
+    critic_lr: PositiveFloat = 3e-4
+    """(our default: SAC's usual value)"""
+    grad_clip: PositiveFloat = 1.0
+    target_update_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.005
+    initial_temperature: PositiveFloat = 1.0
+    offline_fraction: UnitInterval = 0.5
+    """Share of each batch drawn from the offline buffer (RLPD symmetric sampling)."""
+    calql_pretrain_steps: NonNegativeInt = 5000
+    """Critic updates of Cal-QL on the offline buffer before online learning (our default)."""
+    onthefly_samples: PositiveInt = 10
+    """Residuals sampled for the max-Q backup at a fixed base action (our default)."""
+    reward_bias: float = 0.0
+    image_shift_pixels: NonNegativeInt = 4
+    """Random-shift augmentation, pixels of padding at 128x128 (our default)."""
+    encoder_weights: Path | None = None
+    """Pretrained ResNet-10 weights (safetensors); none trains the encoder from scratch."""
+    publish_every_updates: PositiveInt = 500
+    """Learner updates between two published weight versions."""
+
+
+class Recording(_Section):
+    enabled: bool = False
+    directory: Path = Path("~/.local/share/pld/bags")
+    split: Literal["episode", "session"] = "episode"
+    compression: Literal["none", "zstd"] = "zstd"
+
+
+class Simulation(_Section):
+    """The simulated twin that replaces hardware in a simulated variant."""
+
+    world: Literal["franka_pick_cube", "yam_gpu_insertion"]
+    real_time_factor: PositiveFloat = 1.0
+    render_width: PositiveInt = 128
+    render_height: PositiveInt = 128
+    seed: NonNegativeInt = 0
+
+
+class ExtraNode(_Section):
+    """A node added to the graph as it is (a monitoring tool, a team's own node)."""
+
+    name: RosName
+    package: str = "pld_ros"
+    executable: str
+    namespace: str = ""
+    parameters: dict[str, bool | int | float | str | list[bool] | list[int] | list[float] | list[str]] = {}
+    respawn: bool = False
+    """Restart the node when it exits; otherwise its exit stops the graph."""
+
+
+class Profile(_Section):
+    name: RosName
+    robot_id: RosName
+    """Identifies this robot's data when several robots feed one trainer."""
+    description: str = ""
+    arms: dict[RosName, Arm] = {}
+    """Arms by name; the name is the namespace of the arm's topics (e.g. "left", "right")."""
+    cameras: dict[RosName, Camera] = {}
+    """Cameras by name; the name is also the view name policies use (e.g. "wrist", "side")."""
+    policies: Policies | None = None
+    reward: Reward | None = None
+    supervisor: Supervisor = Supervisor()
+    buffer: Buffer = Buffer()
+    trainer: Trainer = Trainer()
+    recording: Recording = Recording()
+    simulation: Simulation | None = None
+    """Present in simulated variants only."""
+    extra_nodes: tuple[ExtraNode, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        names = [n.name for n in self.extra_nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"extra_nodes names must be unique, got {names}")
+        cameras = set(self.cameras)
+        used = list(self.policies.base.views if self.policies else ()) + list(
+            self.reward.views if self.reward else ()
+        )
+        for view in used:
+            if view not in cameras:
+                raise ValueError(
+                    f"view {view!r} is not a camera of this profile (cameras: {sorted(cameras)})"
+                )
+        if self.simulation is None:
+            if any(c.driver == "sim" for c in self.cameras.values()):
+                raise ValueError("a 'sim' camera needs a 'simulation' section")
+            if self.reward is not None and self.reward.backend == "privileged":
+                raise ValueError("the 'privileged' reward needs a 'simulation' section")
+        return self
+
+    @property
+    def simulated(self) -> bool:
+        return self.simulation is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def default_config_dir() -> Path:
+    """Where the shipped profiles live: ``config/`` in the source tree, ``share/pld_ros/config`` installed."""
+    override = os.environ.get("PLD_CONFIG_DIR")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve()
+    for candidate in (
+        here.parents[3] / "config",  # source tree: <root>/src/pld_ros/pld_ros/profile.py
+        here.parents[4] / "share" / "pld_ros" / "config",  # install: <prefix>/lib/pythonX/site-packages/
+    ):
+        if candidate.is_dir():
+            return candidate
+    return here.parents[3] / "config"
+
+
+def resolve_profile_path(profile: str | Path, *, sim: bool = False, config_dir: Path | None = None) -> Path:
+    """Turn a profile name ("franka_pick_cube") or a path into the file to load.
+
+    With ``sim``, a name resolves to its simulated variant ``<name>_sim.yaml``.
+    """
+    path = Path(profile)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ProfileError(f"{path}: no such profile file")
+        return path.resolve()
+    directory = config_dir or default_config_dir()
+    name = str(profile)
+    if sim and not name.endswith("_sim"):
+        name += "_sim"
+    path = directory / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml"))
+        raise ProfileError(f"no profile named {name!r} in {directory} (known: {', '.join(known) or 'none'})")
+    return path
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ProfileError(f"{path}: cannot read: {exc.strerror}") from exc
+    if not isinstance(data, dict):
+        raise ProfileError(f"{path}: a profile must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _raw_profile(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if path in seen:
+        raise ProfileError(f"{path}: 'extends' loops: {' -> '.join(str(p) for p in (*seen, path))}")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ProfileError(f"{path}: 'extends' must name a profile file, got {parent!r}")
+    parent_path = (path.parent / parent).resolve()
+    if not parent_path.is_file():
+        raise ProfileError(f"{path}: extends {parent!r}, which does not exist ({parent_path})")
+    return _merge(_raw_profile(parent_path, (*seen, path)), data)
+
+
+def describe_validation_error(source: Path, error: ValidationError) -> str:
+    """One line per problem: file, dotted field path, the value given, and why it is wrong."""
+    lines = [f"{source}: invalid profile ({error.error_count()} problem(s))"]
+    for problem in error.errors():
+        loc = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        reason = problem["msg"]
+        if problem["type"] == "missing":
+            lines.append(f"  {loc}: required field is missing")
+        elif problem["type"] == "extra_forbidden":
+            lines.append(f"  {loc}: unknown field (value {problem['input']!r}); check its spelling")
+        else:
+            lines.append(f"  {loc}: {reason} (value {problem['input']!r})")
+    return "\n".join(lines)
+
+
+def parse_profile(data: Mapping[str, Any], source: Path) -> Profile:
+    try:
+        profile = Profile.model_validate(data)
+    except ValidationError as exc:
+        raise ProfileError(describe_validation_error(source, exc)) from None
+    return _resolve_relative_paths(profile, source.parent)
+
+
+def _resolve_relative_paths(profile: Profile, base: Path) -> Profile:
+    # Model files are named relative to the profile so that a profile directory can be moved whole.
+    def absolute(path: Path | None) -> Path | None:
+        if path is None:
+            return None
+        path = path.expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+
+    updates: dict[str, Any] = {}
+    if profile.policies is not None:
+        base_policy = profile.policies.base.model_copy(update={"path": absolute(profile.policies.base.path)})
+        residual = profile.policies.residual.model_copy(
+            update={"weights": absolute(profile.policies.residual.weights)}
+        )
+        updates["policies"] = profile.policies.model_copy(update={"base": base_policy, "residual": residual})
+    if profile.reward is not None:
+        updates["reward"] = profile.reward.model_copy(update={"path": absolute(profile.reward.path)})
+    updates["trainer"] = profile.trainer.model_copy(
+        update={"encoder_weights": absolute(profile.trainer.encoder_weights)}
+    )
+    updates["buffer"] = profile.buffer.model_copy(update={"directory": absolute(profile.buffer.directory)})
+    updates["recording"] = profile.recording.model_copy(
+        update={"directory": absolute(profile.recording.directory)}
+    )
+    return profile.model_copy(update=updates)
+
+
+def load_profile(profile: str | Path, *, sim: bool = False, config_dir: Path | None = None) -> Profile:
+    """Load, merge (``extends``) and validate a profile; raise :class:`ProfileError` if unusable."""
+    path = resolve_profile_path(profile, sim=sim, config_dir=config_dir)
+    loaded = parse_profile(_raw_profile(path), path)
+    if sim and not loaded.simulated:
+        raise ProfileError(f"{path}: --sim asked for, but this profile has no 'simulation' section")
+    return loaded
