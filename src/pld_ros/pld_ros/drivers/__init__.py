@@ -1,0 +1,1 @@
+"""Hardware I/O behind small interfaces, each with a simulated twin. ROS-free."""
