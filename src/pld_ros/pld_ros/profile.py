@@ -83,7 +83,7 @@ class FrankyArm(_Section):
     model: Literal["fr3", "panda"] = "fr3"
     host: str = "172.16.0.2"
     """Robot (or franky-sim) address."""
-    realtime: Literal["enforce", "if_available", "ignore"] = "enforce"
+    realtime: Literal["enforce", "ignore"] = "enforce"
     """libfranka real-time mode; "ignore" only where no RT kernel exists (simulation)."""
     relative_dynamics_factor: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     """Scales franky's velocity, acceleration and jerk limits."""

@@ -11,6 +11,19 @@ from rclpy.node import Node
 
 EXIT_CONFIG_ERROR = 2
 """Exit code of a node that refuses its parameters: nothing was started, nothing to recover."""
+EXIT_FATAL = 1
+"""Exit code of a node that stopped itself through :func:`fail_node`."""
+
+# One node per process: the reason its own thread gave for stopping it, if any.
+_fatal_reason: str | None = None
+
+
+def fail_node(node: Node, reason: str) -> None:
+    """Stop a node from any thread (e.g. its control thread) and make the process exit with 1."""
+    global _fatal_reason
+    _fatal_reason = reason
+    node.get_logger().fatal(reason)
+    node.context.try_shutdown()
 
 
 class NodeConfigError(ValueError):
@@ -37,4 +50,4 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None) -> 
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return EXIT_FATAL if _fatal_reason is not None else 0

@@ -1,0 +1,185 @@
+"""FrankyBackend and ArmController against franky-sim: the real libfranka protocol, MuJoCo physics.
+
+franky-sim enforces no reflexes and no limits, so everything asserted about limits here is the
+project's safety layer at work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from pld_ros.core import safety
+from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
+from pld_ros.core.rate import RateKeeper
+from pld_ros.core.safety import DeltaCommand
+from pld_ros.drivers.franky_arm import FrankyBackend
+from pld_ros.profile import FrankyArm, SafetyLimits
+from tests.franky_sim import start_franky_sim
+from tests.processes import Watched
+
+HOST = "127.0.0.11"
+LIMITS = SafetyLimits(
+    workspace_min=(0.35, -0.25, 0.2),
+    workspace_max=(0.65, 0.25, 0.6),
+    max_translation_step=0.01,
+    max_rotation_step=0.1,
+    command_timeout_ticks=4,
+)
+CONFIG = FrankyArm(driver="franky", host=HOST, realtime="ignore", relative_dynamics_factor=0.3, safety=LIMITS)
+
+
+@pytest.fixture
+def sim() -> Iterator[Watched]:
+    process = start_franky_sim(HOST)
+    try:
+        yield process
+    finally:
+        process.kill()
+
+
+@pytest.fixture
+def controller(sim: Watched) -> Iterator[ArmController]:
+    ctrl = ArmController(FrankyBackend(CONFIG), LIMITS, reconnect_interval=0.5)
+    try:
+        yield ctrl
+    finally:
+        ctrl.close()
+
+
+def run(
+    ctrl: ArmController, commands: list[DeltaCommand | None], rate: RateKeeper | None = None
+) -> list[TickReport]:
+    rate = rate or RateKeeper(20.0)
+    return [ctrl.tick(command, rate.wait()) for command in commands]
+
+
+def connected(ctrl: ArmController) -> TickReport:
+    [report] = run(ctrl, [None])
+    assert report.mode is ArmMode.IDLE, report.error
+    assert report.state is not None
+    return report
+
+
+def position(report: TickReport) -> np.ndarray:
+    assert report.state is not None
+    return report.state.ee_pose.position
+
+
+def test_a_20_hz_delta_stream_tracks_the_integrated_target_within_mm(
+    controller: ArmController,
+) -> None:
+    start = position(connected(controller))
+    square = [(0.005, 0, 0)] * 12 + [(0, 0.005, 0)] * 12 + [(-0.005, 0, 0)] * 12 + [(0, -0.005, -0.003)] * 12
+    reports = run(controller, [DeltaCommand.of(d, (0, 0, 0), 0.0) for d in square])
+    assert {r.mode for r in reports} == {ArmMode.MOVING}
+    target = reports[-1].target
+    assert target is not None
+    np.testing.assert_allclose(target.position, start + np.array([0, 0, -0.036]), atol=1e-9)
+    # Keep the last target for a second (fewer ticks than the timeout would hold the arm).
+    settle = run(controller, [DeltaCommand.of((0, 0, 0), (0, 0, 0), 0.0)] * 20)
+    error = np.linalg.norm(position(settle[-1]) - target.position)
+    assert error < 0.003, f"tracking error {error * 1e3:.1f} mm"
+    # And while moving, the arm follows the ramp closely (lag, not drift).
+    lags = [np.linalg.norm(position(r) - r.target.position) for r in reports[10:] if r.target is not None]
+    assert max(lags) < 0.03
+
+
+def test_workspace_box_and_step_limits_hold(controller: ArmController) -> None:
+    connected(controller)
+    reports = run(controller, [DeltaCommand.of((0.0, 0.0, 0.5), (0, 0, 0), 0.0)] * 50)
+    previous = None
+    for report in reports:
+        assert report.target is not None
+        assert report.target.position[2] <= LIMITS.workspace_max[2] + 1e-9
+        if previous is not None:
+            assert np.linalg.norm(report.target.position - previous) <= LIMITS.max_translation_step + 1e-9
+        previous = report.target.position
+    settle = run(controller, [DeltaCommand.of((0, 0, 0), (0, 0, 0), 0.0)] * 20)
+    assert position(settle[-1])[2] <= LIMITS.workspace_max[2] + 0.003
+    counters = controller.safety.counters
+    assert counters[safety.TRANSLATION_CLIPPED] == 50
+    assert counters[safety.WORKSPACE_CLIPPED] > 0
+
+
+def test_nan_commands_never_move_the_arm_and_time_out_into_hold(controller: ArmController) -> None:
+    start = position(connected(controller))
+    nan = DeltaCommand.of((float("nan"), 0.0, 0.0), (0, 0, 0), 0.0)
+    reports = run(controller, [nan] * 10)
+    assert controller.safety.counters[safety.NONFINITE] == 10
+    assert np.linalg.norm(position(reports[-1]) - start) < 0.002
+    assert reports[-1].mode is ArmMode.IDLE  # never commanded, so never moving
+
+
+def test_command_timeout_holds_the_arm_and_resumes_without_a_jump(
+    controller: ArmController,
+) -> None:
+    connected(controller)
+    moving = run(controller, [DeltaCommand.of((0.01, 0, 0), (0, 0, 0), 0.0)] * 10)
+    assert moving[-1].mode is ArmMode.MOVING
+    silent = run(controller, [None] * 20)
+    assert [r.mode for r in silent[:3]] == [ArmMode.MOVING] * 3
+    assert silent[3].mode is ArmMode.HOLDING
+    assert "command timeout: holding" in silent[3].events
+    held = position(silent[-1])
+    # Resuming starts from the measured pose, not from the target integrated before the hold.
+    [resumed] = run(controller, [DeltaCommand.of((0.0, 0.005, 0), (0, 0, 0), 0.0)])
+    assert resumed.target is not None
+    np.testing.assert_allclose(resumed.target.position, held + np.array([0, 0.005, 0]), atol=0.003)
+
+
+def test_estop_stops_the_arm_and_latches_until_cleared(controller: ArmController) -> None:
+    connected(controller)
+    run(controller, [DeltaCommand.of((0.01, 0, 0), (0, 0, 0), 0.0)] * 5)
+    controller.engage_estop("test")
+    stopped = run(controller, [DeltaCommand.of((0.01, 0, 0), (0, 0, 0), 0.0)] * 20)
+    assert {r.mode for r in stopped} == {ArmMode.ESTOP}
+    assert "e-stop: holding" in stopped[0].events
+    # The arm comes to rest even though commands keep arriving.
+    assert np.linalg.norm(position(stopped[-1]) - position(stopped[-5])) < 0.001
+    assert controller.clear_estop() == (True, "e-stop cleared")
+    [resumed] = run(controller, [DeltaCommand.of((0.01, 0, 0), (0, 0, 0), 0.0)])
+    assert resumed.mode is ArmMode.MOVING
+
+
+def test_killing_the_simulator_stops_commanding_and_reconnects_when_it_returns(sim: Watched) -> None:
+    ctrl = ArmController(FrankyBackend(CONFIG), LIMITS, reconnect_interval=0.5)
+    try:
+        connected(ctrl)
+        rate = RateKeeper(20.0)
+        run(ctrl, [DeltaCommand.of((0.005, 0, 0), (0, 0, 0), 0.0)] * 10, rate)
+        sim.kill()  # SIGKILL mid-motion: the robot vanished from the network
+        reports = run(ctrl, [DeltaCommand.of((0.005, 0, 0), (0, 0, 0), 0.0)] * 30, rate)
+        lost = next(i for i, r in enumerate(reports) if r.mode is ArmMode.DISCONNECTED)
+        assert all(r.mode is ArmMode.DISCONNECTED for r in reports[lost:])
+        assert "UDP receive: Timeout" in reports[lost].error or "TCP" in reports[lost].error
+        assert any(e.startswith("connection lost") for e in reports[lost].events)
+        assert ctrl.clear_estop()[0]  # nothing latched; clearing is a no-op
+        assert ctrl.counters["connection_losses"] == 1
+
+        revived = start_franky_sim(HOST)
+        try:
+            back = run(ctrl, [None] * 30, rate)
+            assert any("connected" in r.events for r in back)
+            assert back[-1].mode is ArmMode.IDLE
+            moving = run(ctrl, [DeltaCommand.of((0.0, 0.005, 0), (0, 0, 0), 0.0)] * 5, rate)
+            assert moving[-1].mode is ArmMode.MOVING
+            assert ctrl.counters["connects"] == 2
+        finally:
+            revived.kill()
+    finally:
+        ctrl.close()
+
+
+def test_connecting_to_nothing_reports_disconnected_and_retries_on_schedule() -> None:
+    ctrl = ArmController(
+        FrankyBackend(CONFIG.model_copy(update={"host": "127.0.0.12"})), LIMITS, reconnect_interval=10.0
+    )
+    first = ctrl.tick(None, now=0.0)
+    assert first.mode is ArmMode.DISCONNECTED
+    assert "cannot connect to 127.0.0.12" in first.error
+    assert first.events and first.events[0].startswith("connect failed")
+    # Within the interval nothing is retried, and the same error is not logged again.
+    assert ctrl.tick(None, now=1.0).events == []
