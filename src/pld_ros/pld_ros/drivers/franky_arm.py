@@ -23,8 +23,9 @@ from pld_ros.drivers.arm import ArmFault, ArmState
 from pld_ros.profile import FrankyArm
 
 # libfranka's errors derive from franky.Exception (which shadows the builtin name there); franky's
-# own gripper and motion errors derive from the builtin Exception.
-_ERRORS = (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException)
+# own gripper and motion errors derive from the builtin Exception, and its motion planner (Ruckig)
+# reports failures such as "Motion planner failed with error code -111" as plain RuntimeErrors.
+_ERRORS = (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException, RuntimeError)
 _CLOSE_ABOVE = 0.6
 _OPEN_BELOW = 0.4
 _REALTIME = {
