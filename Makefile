@@ -29,7 +29,7 @@ pytest: bootstrap
 
 ## Re-pin requirements/constraints.txt from the current venv.
 constraints: bootstrap
-	$(IN_ENV) bash -c 'pip freeze --exclude-editable | sed "s/^torch==\([0-9.]*\)+cpu/torch==\1/" > requirements/.constraints.new'
+	$(IN_ENV) bash -c 'pip freeze --exclude-editable | grep -v -E "^(#|pld_ros==|pld_msgs==)" | sed "s/^torch==\([0-9.]*\)+cpu/torch==\1/" > requirements/.constraints.new'
 	@echo "review requirements/.constraints.new, then move it over requirements/constraints.txt"
 
 clean:
