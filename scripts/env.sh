@@ -28,3 +28,6 @@ if [ -f "$PLD_ROOT/install/setup.bash" ]; then
   source "$PLD_ROOT/install/setup.bash"
 fi
 export PLD_CONFIG_DIR="${PLD_CONFIG_DIR:-$PLD_ROOT/config}"
+# Offscreen rendering for the simulated worlds: EGL works headless on the CPU (Mesa llvmpipe).
+# Whichever module imports mujoco first fixes the backend, so it is set for every process here.
+export MUJOCO_GL="${MUJOCO_GL:-egl}"

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# The first import of mujoco fixes its rendering backend for the process; tests that render need
+# EGL (headless, CPU) whichever test module happens to import mujoco first.
+os.environ.setdefault("MUJOCO_GL", "egl")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

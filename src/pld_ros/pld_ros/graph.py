@@ -54,6 +54,11 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
     Nodes that serve a profile section get ``profile_path`` as their ``profile`` parameter and
     read their section from the same validated file, rather than from a second copy of its values.
     """
+    profile_parameter: dict[str, ParameterValue] = {"profile": str(profile_path)}
+    arms = [
+        NodeSpec(name=f"{arm}_driver", executable="arm_driver", parameters={**profile_parameter, "arm": arm})
+        for arm in profile.arms
+    ]
     extra = [
         NodeSpec(
             name=node.name,
@@ -65,14 +70,15 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         )
         for node in profile.extra_nodes
     ]
-    watched = [spec.fully_qualified_name for spec in extra if spec.package == "pld_ros"]
+    own = [*arms, *extra]
+    watched = [spec.fully_qualified_name for spec in own if spec.package == "pld_ros"]
     monitor = NodeSpec(
         name="health_monitor",
         executable="health_monitor",
         parameters={"expected": watched} if watched else {},
         respawn=True,
     )
-    nodes = (monitor, *extra)
+    nodes = (monitor, *own)
     names = [spec.fully_qualified_name for spec in nodes]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:

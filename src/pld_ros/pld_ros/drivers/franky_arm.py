@@ -174,6 +174,8 @@ class FrankyBackend:
                 if self._robot.is_in_control:
                     self.hold()
                     self._robot.join_motion(timeout=1.0)
-        self._robot = None
-        self._gripper = None
+        # Release in dependency order: a pending gripper future outliving its Gripper segfaults
+        # inside franky when it is finally destroyed.
         self._gripper_future = None
+        self._gripper = None
+        self._robot = None

@@ -5,10 +5,25 @@ from __future__ import annotations
 import sys
 
 from rclpy.node import Node
+from rclpy.timer import Timer
 from std_msgs.msg import Header
 
 from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.runner import NodeConfigError, run_node
+
+
+def start_heartbeat(node: Node, rate: float = 2.0) -> Timer:
+    """Publish ``node``'s liveness on the heartbeat topic at ``rate`` Hz, from its executor.
+
+    Beating from the executor means a node whose callbacks are stuck also stops beating.
+    """
+    publisher = node.create_publisher(Header, HEARTBEAT_TOPIC, 10)
+    name = node.get_fully_qualified_name()
+
+    def beat() -> None:
+        publisher.publish(Header(stamp=node.get_clock().now().to_msg(), frame_id=name))
+
+    return node.create_timer(1.0 / rate, beat)
 
 
 class HeartbeatNode(Node):
@@ -17,13 +32,7 @@ class HeartbeatNode(Node):
         rate = float(self.declare_parameter("rate", 2.0).value)
         if not rate > 0.0:
             raise NodeConfigError(f"parameter 'rate' must be positive, got {rate}")
-        self._publisher = self.create_publisher(Header, HEARTBEAT_TOPIC, 10)
-        self._timer = self.create_timer(1.0 / rate, self._beat)
-
-    def _beat(self) -> None:
-        self._publisher.publish(
-            Header(stamp=self.get_clock().now().to_msg(), frame_id=self.get_fully_qualified_name())
-        )
+        self._timer = start_heartbeat(self, rate)
 
 
 def main() -> None:
