@@ -40,3 +40,24 @@ def test_unknown_node_lookup_names_the_profile() -> None:
     graph = build_graph(load_profile(path), path)
     with pytest.raises(KeyError, match="no node 'x' in the graph of profile 'two_nodes'"):
         graph.node("x")
+
+
+def test_simulated_franka_graph_hosts_the_world_and_drives_it_through_the_arm_driver() -> None:
+    sim = build_graph(load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
+    assert [n.name for n in sim.nodes] == ["health_monitor", "sim_world", "arm_driver"]
+    assert sim.node("arm_driver").parameters == {"profile": "/p.yaml", "arm": "arm"}
+    assert sim.node("health_monitor").parameters["expected"] == ["/sim_world", "/arm_driver"]
+    real = build_graph(load_profile("franka_pick_cube", config_dir=CONFIG_DIR), Path("/p.yaml"))
+    assert "sim_world" not in [n.name for n in real.nodes]
+
+
+def test_an_external_simulator_is_connected_to_not_hosted() -> None:
+    path = FIXTURES / "profiles" / "franka_arm_sim.yaml"
+    graph = build_graph(load_profile(path, sim=True), path)
+    assert [n.name for n in graph.nodes] == ["health_monitor", "arm_driver"]
+
+
+def test_two_arms_get_one_driver_each() -> None:
+    graph = build_graph(load_profile("yam_gpu_insertion", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
+    assert [n.name for n in graph.nodes] == ["health_monitor", "left_driver", "right_driver"]
+    assert graph.node("right_driver").parameters["arm"] == "right"

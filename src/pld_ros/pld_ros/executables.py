@@ -9,4 +9,5 @@ NODE_EXECUTABLES = {
     "arm_driver": "pld_ros.nodes.arm_driver",
     "heartbeat": "pld_ros.nodes.heartbeat",
     "health_monitor": "pld_ros.nodes.health_monitor",
+    "sim_world": "pld_ros.nodes.sim_world",
 }

@@ -59,6 +59,13 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         NodeSpec(name=f"{arm}_driver", executable="arm_driver", parameters={**profile_parameter, "arm": arm})
         for arm in profile.arms
     ]
+    # Only franka_pick_cube has a world node yet; the YAM world is driven in-process (see
+    # pld_ros.sim.yam_gpu_insertion) until its node lands with the GPU-insertion loop.
+    world = (
+        [NodeSpec(name="sim_world", executable="sim_world", parameters=dict(profile_parameter))]
+        if profile.simulation is not None and profile.simulation.world == "franka_pick_cube"
+        else []
+    )
     extra = [
         NodeSpec(
             name=node.name,
@@ -70,7 +77,7 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         )
         for node in profile.extra_nodes
     ]
-    own = [*arms, *extra]
+    own = [*world, *arms, *extra]
     watched = [spec.fully_qualified_name for spec in own if spec.package == "pld_ros"]
     monitor = NodeSpec(
         name="health_monitor",

@@ -342,9 +342,13 @@ class Recording(_Section):
 class Simulation(_Section):
     """The simulated twin that replaces hardware in a simulated variant."""
 
-    world: Literal["franka_pick_cube", "yam_gpu_insertion"]
+    world: Literal["franka_pick_cube", "yam_gpu_insertion", "external"]
+    """The world the graph hosts; "external": the simulator runs outside the graph (a franky-sim
+    started by hand or by a test), and the graph only connects to it."""
     real_time_factor: PositiveFloat = 1.0
     render_width: PositiveInt = 128
+    """Sim cameras render this size with the real camera's vertical field of view; the square
+    render stands in for the real camera's centred square crop, so it is published whole."""
     render_height: PositiveInt = 128
     seed: NonNegativeInt = 0
 

@@ -122,7 +122,7 @@ def test_arm_driver_moves_stops_and_survives_losing_the_robot(probe: Probe) -> N
                 kv.key == "rejected_frame" and kv.value == "1" for d in probe.diagnostics for kv in d.values
             ),
             5,
-            f"the rejected-frame counter in {[(kv.key, kv.value) for kv in probe.diagnostics[-1].values] if probe.diagnostics else None}",
+            "the rejected-frame counter",
         )
 
         # The robot disappears: the node reports it and keeps running.

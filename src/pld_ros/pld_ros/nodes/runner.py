@@ -46,6 +46,11 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None) -> 
         return EXIT_CONFIG_ERROR
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT/SIGTERM shut rclpy down from the signal handler; a callback publishing at that
+        # moment fails with "context is invalid". That is a clean stop, not a crash.
+        if rclpy.ok():
+            raise
     finally:
         if node is not None:
             node.destroy_node()
