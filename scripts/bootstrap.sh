@@ -50,8 +50,11 @@ else
   echo "bootstrap: dependencies up to date"
 fi
 
+# colcon's generated setup scripts read unset variables, so they are sourced without `set -u`.
+set +u
 # shellcheck disable=SC1091
 source scripts/env.sh
+set -u
 echo "bootstrap: colcon build"
 colcon build --base-paths src --symlink-install \
   --event-handlers console_cohesion+ \
