@@ -76,7 +76,14 @@ class SafetyLimits(_Section):
         return self
 
 
-class FrankyArm(_Section):
+class _Arm(_Section):
+    safety: SafetyLimits
+    control_priority: Annotated[int, Field(ge=0, le=99)] = 0
+    """SCHED_FIFO priority of the arm driver's control thread (1-99); 0 keeps normal scheduling.
+    Needs CAP_SYS_NICE or an rtprio limit, as libfranka's real-time mode does."""
+
+
+class FrankyArm(_Arm):
     """A Franka FR3 or Panda driven through franky (libfranka)."""
 
     driver: Literal["franky"]
@@ -105,10 +112,9 @@ class FrankyArm(_Section):
     """Finger opening at closure 0, m."""
     recover_errors: bool = True
     """Call automatic error recovery after a reflex and resume from the measured pose."""
-    safety: SafetyLimits
 
 
-class I2rtArm(_Section):
+class I2rtArm(_Arm):
     """An I2RT YAM arm driven through the i2rt driver (SocketCAN)."""
 
     driver: Literal["i2rt"]
@@ -118,7 +124,6 @@ class I2rtArm(_Section):
     """Joint configuration of the reset pose, rad."""
     ik_damping: PositiveFloat = 1e-3
     """Damping of the differential IK that turns pose deltas into joint targets."""
-    safety: SafetyLimits
 
 
 Arm = Annotated[FrankyArm | I2rtArm, Field(discriminator="driver")]

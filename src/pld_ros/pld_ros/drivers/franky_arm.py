@@ -81,8 +81,10 @@ class FrankyBackend:
         robot = self._require()
         try:
             state = robot.state
-            width = float(self._gripper.width)
-            grasped = bool(self._gripper.is_grasped)
+            # One round trip to the hand's server per tick, not one per field.
+            hand = self._gripper.state
+            width = float(hand.width)
+            grasped = bool(hand.is_grasped)
         except _ERRORS as exc:
             raise self._faulted(exc) from exc
         ee = state.O_T_EE

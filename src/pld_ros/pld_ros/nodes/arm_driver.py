@@ -74,7 +74,7 @@ class ArmDriverNode(Node):
             self.backend, arm.safety, recover_errors=getattr(arm, "recover_errors", True)
         )
         self.rate = RateKeeper(profile.supervisor.control_rate)
-        self.realtime_priority = int(self.declare_parameter("realtime_priority", 0).value)
+        self.realtime_priority = arm.control_priority
         # Two arms share one TF tree: their frames and joints carry the arm's name, as
         # pld_ros.robot_description.load_urdf(model, prefix) names them.
         self.frame_prefix = f"{self.arm_name}_" if len(profile.arms) > 1 else ""
