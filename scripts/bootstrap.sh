@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything pld-ros needs, from nothing, without root; safe to run again (it only redoes
 # what changed). Steps:
+#   0. Debian packages the Python wheels need at run time (scripts/system_deps.sh; root or sudo);
 #   1. a venv at $PLD_VENV (default .venv) with the pinned dependencies (requirements/*.txt,
 #      versions from requirements/constraints.txt): torch first, alone, so nothing pulls another
 #      build; onnxruntime-gpu where an NVIDIA GPU answers, onnxruntime otherwise;
@@ -21,6 +22,8 @@ if [ "$SYSTEM_ROS" = 1 ] && [ -z "${ROS_DISTRO:-}" ]; then
   echo "bootstrap: PLD_SYSTEM_ROS=1 but no ROS 2 is sourced (source /opt/ros/<distro>/setup.bash)" >&2
   exit 1
 fi
+
+bash scripts/system_deps.sh
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "bootstrap: creating venv $VENV"

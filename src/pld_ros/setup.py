@@ -30,6 +30,7 @@ setup(
         ("bin", ["bin/pld"]),
         shared("launch", "*.launch.py"),
         shared("config", "*.yaml"),
+        shared("config", "*.xml"),
         shared("urdf", "*"),
     ],
     install_requires=["setuptools"],

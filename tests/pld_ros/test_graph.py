@@ -61,3 +61,11 @@ def test_two_arms_get_one_driver_each() -> None:
     graph = build_graph(load_profile("yam_gpu_insertion", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
     assert [n.name for n in graph.nodes] == ["health_monitor", "left_driver", "right_driver"]
     assert graph.node("right_driver").parameters["arm"] == "right"
+
+
+def test_real_cameras_get_a_node_each_and_simulated_ones_none() -> None:
+    real = build_graph(load_profile("franka_pick_cube", config_dir=CONFIG_DIR), Path("/p.yaml"))
+    assert [n.name for n in real.nodes] == ["health_monitor", "arm_driver", "wrist_camera", "side_camera"]
+    assert real.node("side_camera").parameters == {"profile": "/p.yaml", "camera": "side"}
+    sim = build_graph(load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
+    assert not [n for n in sim.nodes if n.executable == "camera"]

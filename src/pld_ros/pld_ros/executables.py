@@ -7,6 +7,7 @@ imports: setup.py executes it before the package is installed.
 
 NODE_EXECUTABLES = {
     "arm_driver": "pld_ros.nodes.arm_driver",
+    "camera": "pld_ros.nodes.camera",
     "heartbeat": "pld_ros.nodes.heartbeat",
     "health_monitor": "pld_ros.nodes.health_monitor",
     "sim_world": "pld_ros.nodes.sim_world",

@@ -66,6 +66,12 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         if profile.simulation is not None and profile.simulation.world == "franka_pick_cube"
         else []
     )
+    # Simulated cameras are rendered and published by the world itself.
+    cameras = [
+        NodeSpec(name=f"{name}_camera", executable="camera", parameters={**profile_parameter, "camera": name})
+        for name, camera in profile.cameras.items()
+        if camera.driver != "sim"
+    ]
     extra = [
         NodeSpec(
             name=node.name,
@@ -77,7 +83,7 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         )
         for node in profile.extra_nodes
     ]
-    own = [*world, *arms, *extra]
+    own = [*world, *arms, *cameras, *extra]
     watched = [spec.fully_qualified_name for spec in own if spec.package == "pld_ros"]
     monitor = NodeSpec(
         name="health_monitor",
