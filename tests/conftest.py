@@ -35,3 +35,16 @@ def ros_domain() -> Iterator[int]:
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def normal_scheduling() -> Iterator[None]:
+    """Give each test the scheduling it started with.
+
+    libfranka raises the thread that connects to a robot to SCHED_FIFO 99 when it may (root, or
+    an rtprio limit), even with RealtimeConfig.Ignore. Left in place, it would change the timing
+    of every later test and of every process they start.
+    """
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    yield
+    os.sched_setscheduler(0, policy, param)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import subprocess
@@ -10,12 +11,23 @@ import time
 from collections.abc import Sequence
 
 
+def _normal_scheduling() -> None:
+    # After a franky test the test thread runs SCHED_FIFO 99 (libfranka raises the thread that
+    # talks to a robot); a child started from it must not inherit that.
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 class Watched:
     def __init__(self, argv: Sequence[str]) -> None:
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         self.process = subprocess.Popen(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            preexec_fn=_normal_scheduling,
         )
         threading.Thread(target=self._pump, daemon=True).start()
 

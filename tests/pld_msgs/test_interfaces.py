@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import pytest
-import rclpy
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 
 from pld_msgs.msg import ActionSource, DeltaPoseCommand, EpisodePhase, StepRecord
 from pld_msgs.srv import EStop
 from tests.processes import Watched
+from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
 
@@ -84,32 +80,17 @@ def peer() -> Iterator[Watched]:
 
 
 @pytest.fixture
-def node() -> Iterator[Node]:
-    context = Context()
-    rclpy.init(context=context)
-    test_node = Node("interface_test", context=context)
-    try:
-        yield test_node
-    finally:
-        test_node.destroy_node()
-        rclpy.shutdown(context=context)
+def probe() -> Iterator[RosProbe]:
+    with RosProbe("interface_test") as p:
+        yield p
 
 
-def spin_until(node: Node, done: Callable[[], bool], timeout: float = 20.0) -> None:
-    executor = SingleThreadedExecutor(context=node.context)
-    executor.add_node(node)
-    end = time.monotonic() + timeout
-    while not done() and time.monotonic() < end:
-        executor.spin_once(timeout_sec=0.05)
-    executor.remove_node(node)
-    assert done(), "nothing arrived in time"
-
-
-def test_command_and_step_record_cross_processes(peer: Watched, node: Node) -> None:
+def test_command_and_step_record_cross_processes(peer: Watched, probe: RosProbe) -> None:
     received: dict[str, Any] = {}
+    node = probe.node
     node.create_subscription(DeltaPoseCommand, "/test/command", lambda m: received.setdefault("cmd", m), 10)
     node.create_subscription(StepRecord, "/test/record", lambda m: received.setdefault("rec", m), 10)
-    spin_until(node, lambda: len(received) == 2)
+    probe.spin_until(lambda: len(received) == 2, 20, "a command and a step record")
 
     cmd = received["cmd"]
     assert cmd.header.frame_id == "fr3_link0"
@@ -126,13 +107,9 @@ def test_command_and_step_record_cross_processes(peer: Watched, node: Node) -> N
     np.testing.assert_array_equal(rec.residual, np.full(7, 0.5, dtype=np.float32))
 
 
-def test_estop_service_across_processes(peer: Watched, node: Node) -> None:
-    client: Any = node.create_client(EStop, "/test/estop")
-    spin_until(node, lambda: client.service_is_ready())
-    future = client.call_async(EStop.Request(engage=True, reason="operator"))
-    spin_until(node, future.done)
-    response = future.result()
-    assert response is not None
+def test_estop_service_across_processes(peer: Watched, probe: RosProbe) -> None:
+    client: Any = probe.node.create_client(EStop, "/test/estop")
+    response = probe.call(client, EStop.Request(engage=True, reason="operator"))
     assert response.success and response.engaged and response.message == "latched: operator"
 
 

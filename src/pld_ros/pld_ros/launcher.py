@@ -75,11 +75,14 @@ class RunReport:
         return 1 if self.failed else 0
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the launcher is killed outright (SIGKILL), the
+def _prepare_child() -> None:
+    # Runs in the child between fork and exec. If the launcher is killed outright (SIGKILL), the
     # kernel sends SIGTERM to its nodes instead of leaving them commanding a robot unsupervised.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    # A child inherits its parent thread's scheduling; libfranka raises a thread that talks to a
+    # robot to SCHED_FIFO 99. Nodes start at normal priority and raise their own threads.
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _ament_executable(package: str, executable: str) -> Path | None:
@@ -154,7 +157,7 @@ class _Child:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_prepare_child,
             text=True,
             errors="replace",
             bufsize=1,

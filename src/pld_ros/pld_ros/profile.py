@@ -79,8 +79,9 @@ class SafetyLimits(_Section):
 class _Arm(_Section):
     safety: SafetyLimits
     control_priority: Annotated[int, Field(ge=0, le=99)] = 0
-    """SCHED_FIFO priority of the arm driver's control thread (1-99); 0 keeps normal scheduling.
-    Needs CAP_SYS_NICE or an rtprio limit, as libfranka's real-time mode does."""
+    """SCHED_FIFO priority of the arm driver's control thread (1-99); 0 leaves it as it is.
+    Needs CAP_SYS_NICE or an rtprio limit. libfranka already raises the thread that talks to a
+    Franka to SCHED_FIFO 99 whenever it may, so this matters for the YAM."""
 
 
 class FrankyArm(_Arm):

@@ -6,6 +6,7 @@ project's safety layer at work.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -183,3 +184,21 @@ def test_connecting_to_nothing_reports_disconnected_and_retries_on_schedule() ->
     assert first.events and first.events[0].startswith("connect failed")
     # Within the interval nothing is retried, and the same error is not logged again.
     assert ctrl.tick(None, now=1.0).events == []
+
+
+def test_losing_the_robot_while_the_hand_moves_never_freezes_the_driver(sim: Watched) -> None:
+    # libfranka gives up on a hand command to a vanished robot only after ~60 s; the driver must
+    # neither wait for that nor let a Python thread wait for it (a destructor holding the GIL).
+    ctrl = ArmController(FrankyBackend(CONFIG), LIMITS, reconnect_interval=0.5)
+    try:
+        connected(ctrl)
+        rate = RateKeeper(20.0)
+        run(ctrl, [DeltaCommand.of((0.0, 0, 0), (0, 0, 0), 1.0)] * 3, rate)  # start closing the hand
+        sim.kill()
+        start = time.monotonic()
+        reports = run(ctrl, [DeltaCommand.of((0.0, 0, 0), (0, 0, 0), 1.0)] * 10, rate)
+        assert reports[-1].mode is ArmMode.DISCONNECTED
+        ctrl.close()
+        assert time.monotonic() - start < 5.0
+    finally:
+        ctrl.close()

@@ -5,21 +5,18 @@ from __future__ import annotations
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 
 from pld_msgs.msg import DeltaPoseCommand, RobotState
 from pld_msgs.srv import EStop
 from tests.conftest import FIXTURES
 from tests.franky_sim import start_franky_sim
 from tests.processes import Watched
+from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
 
@@ -27,15 +24,11 @@ HOST = "127.0.0.14"
 PROFILE = FIXTURES / "profiles" / "franka_arm_sim.yaml"
 
 
-class Probe:
-    """The test's own ROS node: sends commands, records state and diagnostics."""
+class Probe(RosProbe):
+    """Sends commands to the arm and records its state and diagnostics."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("arm_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("arm_probe")
         self.states: list[Any] = []
         self.diagnostics: list[Any] = []
         self.node.create_subscription(RobotState, "/arm/state", self.states.append, 50)
@@ -46,12 +39,6 @@ class Probe:
     def _on_diagnostics(self, msg: Any) -> None:
         self.diagnostics.extend(s for s in msg.status if s.name == "pld/arm/arm")
 
-    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not done() and time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-        assert done(), f"timed out waiting for {what}"
-
     def stream(self, dx: float, seconds: float) -> None:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -59,31 +46,16 @@ class Probe:
             msg.translation.x = dx
             msg.header.frame_id = "fr3_link0"
             self.commands.publish(msg)
-            self._spin_for(0.05)
-
-    def _spin_for(self, seconds: float) -> None:
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=max(0.0, end - time.monotonic()))
+            self.spin_for(0.05)
 
     def call_estop(self, engage: bool) -> Any:
-        self.spin_until(self.estop.service_is_ready, 20, "the estop service")
-        future = self.estop.call_async(EStop.Request(engage=engage, reason="test"))
-        self.spin_until(future.done, 10, "the estop response")
-        return future.result()
-
-    def close(self) -> None:
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        return self.call(self.estop, EStop.Request(engage=engage, reason="test"))
 
 
 @pytest.fixture
 def probe() -> Iterator[Probe]:
-    p = Probe()
-    try:
+    with Probe() as p:
         yield p
-    finally:
-        p.close()
 
 
 def latest_mode(probe: Probe) -> int:

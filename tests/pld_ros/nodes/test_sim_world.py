@@ -5,18 +5,13 @@ from __future__ import annotations
 import re
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import franky
 import numpy as np
 import pytest
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Bool, Header
 
@@ -28,6 +23,7 @@ from pld_ros.sim.franka_pick_cube import CUBE_AREA
 from tests.conftest import CONFIG_DIR, FIXTURES
 from tests.franka_pick import pick_up
 from tests.processes import Watched
+from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
 
@@ -36,15 +32,11 @@ NODE = (sys.executable, "-m", "pld_ros.nodes.sim_world", "--ros-args", "-p")
 VIEWS = ("wrist", "side")
 
 
-class Probe:
-    """The test's own ROS node: records what sim_world publishes and calls its service."""
+class Probe(RosProbe):
+    """Records what sim_world publishes and calls its service."""
 
     def __init__(self) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = Node("sim_world_probe", context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
+        super().__init__("sim_world_probe")
         self.views: dict[str, Any] = {}
         self.info: dict[str, Any] = {}
         self.success: list[bool] = []
@@ -70,30 +62,14 @@ class Probe:
     def _on_diagnostics(self, msg: Any) -> None:
         self.diagnostics.extend(s for s in msg.status if s.name == "pld/sim/franka_pick_cube")
 
-    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not done() and time.monotonic() < end:
-            self.executor.spin_once(timeout_sec=0.02)
-        assert done(), f"timed out waiting for {what}"
-
     def reset_scene(self, randomize: bool, seed: int) -> Any:
-        self.spin_until(self.reset.service_is_ready, 20, "the reset_scene service")
-        future = self.reset.call_async(ResetScene.Request(randomize=randomize, seed=seed))
-        self.spin_until(future.done, 10, "the reset_scene response")
-        return future.result()
-
-    def close(self) -> None:
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
+        return self.call(self.reset, ResetScene.Request(randomize=randomize, seed=seed))
 
 
 @pytest.fixture
 def probe() -> Iterator[Probe]:
-    p = Probe()
-    try:
+    with Probe() as p:
         yield p
-    finally:
-        p.close()
 
 
 def test_publishes_views_and_success_serves_reset_and_hosts_the_arm(probe: Probe) -> None:
