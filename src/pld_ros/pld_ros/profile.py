@@ -78,6 +78,9 @@ class SafetyLimits(_Section):
 
 class _Arm(_Section):
     safety: SafetyLimits
+    recover_errors: bool = True
+    """Recover automatically from a robot error (a reflex, a stopped motor chain) and resume from
+    the measured pose."""
     control_priority: Annotated[int, Field(ge=0, le=99)] = 0
     """SCHED_FIFO priority of the arm driver's control thread (1-99); 0 leaves it as it is.
     Needs CAP_SYS_NICE or an rtprio limit. libfranka already raises the thread that talks to a
@@ -111,8 +114,6 @@ class FrankyArm(_Arm):
     """Grasp force, N."""
     max_gripper_width: PositiveFloat = 0.08
     """Finger opening at closure 0, m."""
-    recover_errors: bool = True
-    """Call automatic error recovery after a reflex and resume from the measured pose."""
 
 
 class I2rtArm(_Arm):

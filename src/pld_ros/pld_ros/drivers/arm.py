@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
-
 from pld_ros.core.spatial import FloatArray, Pose
 
 
@@ -45,11 +43,6 @@ class ArmState:
     gripper_grasped: bool
     error: str = ""
     """The robot's own error text; empty when none."""
-
-    @staticmethod
-    def empty(joint_names: tuple[str, ...], pose: Pose) -> ArmState:
-        zeros = np.zeros(len(joint_names))
-        return ArmState(joint_names, zeros, zeros, zeros, pose, 0.0, 0.0, False)
 
 
 class ArmBackend(Protocol):

@@ -70,9 +70,7 @@ class ArmDriverNode(Node):
             )
         arm = profile.arms[self.arm_name]
         self.backend = make_backend(profile, self.arm_name)
-        self.controller = ArmController(
-            self.backend, arm.safety, recover_errors=getattr(arm, "recover_errors", True)
-        )
+        self.controller = ArmController(self.backend, arm.safety, recover_errors=arm.recover_errors)
         self.rate = RateKeeper(profile.supervisor.control_rate)
         self.realtime_priority = arm.control_priority
         # Two arms share one TF tree: their frames and joints carry the arm's name, as
