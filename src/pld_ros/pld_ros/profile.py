@@ -179,6 +179,25 @@ class Camera(_Section):
 # --------------------------------------------------------------------------------------------
 
 
+class OpenpiKeys(_Section):
+    """Where an openpi policy server finds each input in the observation dict, and its output.
+
+    They depend on the server's policy config (e.g. DROID or LIBERO inputs); the defaults suit a
+    server whose config maps these names to its own.
+    """
+
+    images: dict[RosName, str] = {}
+    """Key of each view's image; a view not listed is sent as "observation/<view>_image"."""
+    state: str = "observation/state"
+    """Key of the proprioception vector (see pld_ros.core.observation)."""
+    prompt: str = "prompt"
+    actions: str = "actions"
+    """Key of the H x 7 action chunk in the server's answer."""
+
+    def image_key(self, view: str) -> str:
+        return self.images.get(view, f"observation/{view}_image")
+
+
 class BasePolicy(_Section):
     """The frozen base policy (a VLA, or the embedded simulation policy)."""
 
@@ -199,6 +218,7 @@ class BasePolicy(_Section):
     """Average overlapping chunk predictions for the same tick instead of taking the newest."""
     timeout: PositiveFloat = 2.0
     """Seconds without a fresh action after which the base policy counts as dead (a fault)."""
+    openpi: OpenpiKeys = OpenpiKeys()
 
     @model_validator(mode="after")
     def _backend_fields(self) -> BasePolicy:
@@ -290,6 +310,19 @@ class Reward(_Section):
 class Supervisor(_Section):
     control_rate: PositiveFloat = 20.0
     """Control ticks per second, Hz."""
+    autostart: bool = True
+    """Start running episodes as soon as the graph is up; otherwise wait for the run_episodes action."""
+    arm: RosName | None = None
+    """Arm whose state ticks the control loop and that the policies command; none: the only arm."""
+    home_position: Vector3 | None = None
+    """End-effector position of the reset pose in the base frame, m; none: where the arm is when
+    the supervisor starts."""
+    home_orientation: tuple[float, float, float, float] | None = None
+    """End-effector orientation of the reset pose (quaternion x, y, z, w); none: as at start."""
+    reset_timeout: PositiveFloat = 20.0
+    """Seconds the reset may take before the episode counts as aborted and the reset is retried."""
+    run_directory: Path = Path("~/.local/share/pld/runs")
+    """Where each run writes its episode log (episodes.jsonl) and outcome plot."""
     max_episode_steps: PositiveInt = 200
     mode: Literal["base_only", "probe_takeover", "residual_only"] = "probe_takeover"
     episodes: NonNegativeInt = 0
@@ -300,6 +333,20 @@ class Supervisor(_Section):
     """Half-width of the uniform random offset added to the home position on reset, m."""
     settle_time: NonNegativeFloat = 0.5
     """Seconds the scene must be still after a reset before an episode starts."""
+
+
+class Teleop(_Section):
+    """Human takeover (keyboard or SpaceMouse): the human's steps go through the same safety layer."""
+
+    device: Literal["keyboard", "spacemouse"] = "keyboard"
+    translation_speed: PositiveFloat = 0.1
+    """End-effector speed at full deflection (or while a key is held), m/s."""
+    rotation_speed: PositiveFloat = 0.5
+    """Angular speed at full deflection, rad/s."""
+    deadband: UnitInterval = 0.1
+    """SpaceMouse deflection (fraction of full scale) below which an axis reads as zero."""
+    hold_time: PositiveFloat = 0.2
+    """Seconds after the last human input during which the human keeps control."""
 
 
 class Buffer(_Section):
@@ -384,6 +431,7 @@ class Profile(_Section):
     policies: Policies | None = None
     reward: Reward | None = None
     supervisor: Supervisor = Supervisor()
+    teleop: Teleop = Teleop()
     buffer: Buffer = Buffer()
     trainer: Trainer = Trainer()
     recording: Recording = Recording()
@@ -405,6 +453,12 @@ class Profile(_Section):
                 raise ValueError(
                     f"view {view!r} is not a camera of this profile (cameras: {sorted(cameras)})"
                 )
+        if self.supervisor.arm is not None and self.supervisor.arm not in self.arms:
+            raise ValueError(f"supervisor.arm {self.supervisor.arm!r} is not an arm of this profile")
+        if self.supervisor.arm is None and len(self.arms) > 1 and self.policies is not None:
+            raise ValueError(
+                "supervisor.arm must name the arm the policies command (the profile has several)"
+            )
         if self.simulation is None:
             if any(c.driver == "sim" for c in self.cameras.values()):
                 raise ValueError("a 'sim' camera needs a 'simulation' section")
@@ -415,6 +469,15 @@ class Profile(_Section):
     @property
     def simulated(self) -> bool:
         return self.simulation is not None
+
+    @property
+    def control_arm(self) -> str:
+        """The arm the policies command and whose state ticks the control loop."""
+        if self.supervisor.arm is not None:
+            return self.supervisor.arm
+        if not self.arms:
+            raise ValueError(f"profile {self.name!r} has no arm")
+        return next(iter(self.arms))
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,6 +600,9 @@ def _resolve_relative_paths(profile: Profile, base: Path) -> Profile:
         updates["reward"] = profile.reward.model_copy(update={"path": absolute(profile.reward.path)})
     updates["trainer"] = profile.trainer.model_copy(
         update={"encoder_weights": absolute(profile.trainer.encoder_weights)}
+    )
+    updates["supervisor"] = profile.supervisor.model_copy(
+        update={"run_directory": absolute(profile.supervisor.run_directory)}
     )
     updates["buffer"] = profile.buffer.model_copy(update={"directory": absolute(profile.buffer.directory)})
     updates["recording"] = profile.recording.model_copy(
