@@ -18,8 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from pld_ros.core.spatial import FloatArray, Pose
+from pld_ros.core.spatial import Pose
+
+Float32Array = npt.NDArray[np.float32]
 
 ACTION_DIM = 7
 PROPRIO_DIM = 8
@@ -27,7 +30,7 @@ GRIPPER = 6
 """Index of the gripper closure in an action."""
 
 
-def proprio_vector(pose: Pose, gripper_closure: float) -> FloatArray:
+def proprio_vector(pose: Pose, gripper_closure: float) -> Float32Array:
     """The proprioception vector of a measured pose and gripper closure (float32)."""
     quaternion = np.asarray(pose.orientation, dtype=np.float64)
     if quaternion[3] < 0.0:
@@ -35,7 +38,7 @@ def proprio_vector(pose: Pose, gripper_closure: float) -> FloatArray:
     return np.concatenate([pose.position, quaternion, [gripper_closure]]).astype(np.float32)
 
 
-def hold_action(gripper: float) -> FloatArray:
+def hold_action(gripper: float) -> Float32Array:
     """The action that keeps the arm where it is and the gripper at ``gripper``."""
     action = np.zeros(ACTION_DIM, dtype=np.float32)
     action[GRIPPER] = gripper
@@ -48,7 +51,7 @@ class Observation:
 
     views: Mapping[str, np.ndarray]
     """Policy views by camera name, each H x W x 3 uint8."""
-    proprio: FloatArray
+    proprio: Float32Array
     """PROPRIO_DIM float32."""
     prompt: str
     stamp: float

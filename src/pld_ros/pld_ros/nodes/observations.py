@@ -18,8 +18,8 @@ from sensor_msgs.msg import Image
 
 from pld_msgs.msg import RobotState
 from pld_ros.core.frame_sync import FrameSync, NoSet, SyncedSet
-from pld_ros.core.observation import Observation, proprio_vector
-from pld_ros.core.spatial import FloatArray, Pose
+from pld_ros.core.observation import Float32Array, Observation, proprio_vector
+from pld_ros.core.spatial import Pose
 from pld_ros.nodes.camera_publisher import SENSOR_QOS
 
 
@@ -40,7 +40,7 @@ def pose_of(message: PoseMsg) -> Pose:
     return Pose.of((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
 
 
-def proprio_of(state: RobotState) -> FloatArray:
+def proprio_of(state: RobotState) -> Float32Array:
     return proprio_vector(pose_of(state.ee_pose), float(state.gripper_closure))
 
 
