@@ -1,0 +1,1 @@
+"""Neural networks: the ResNet-10 encoder, the residual actor, the success classifier."""
