@@ -11,7 +11,7 @@ bootstrap:
 
 ## Run the main job on simulated hardware.
 demo: bootstrap
-	$(IN_ENV) pld launch franka_pick_cube --sim --duration $${PLD_DEMO_SECONDS:-30}
+	$(IN_ENV) pld demo --episodes $${PLD_DEMO_EPISODES:-30}
 
 ## Lint, type checks and the test suite (what CI runs).
 test: bootstrap

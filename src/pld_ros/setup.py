@@ -31,6 +31,7 @@ setup(
         shared("launch", "*.launch.py"),
         shared("config", "*.yaml"),
         shared("config", "*.xml"),
+        shared("config/models", "*.onnx"),
         shared("urdf", "*"),
     ],
     install_requires=["setuptools"],

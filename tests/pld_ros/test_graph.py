@@ -44,9 +44,14 @@ def test_unknown_node_lookup_names_the_profile() -> None:
 
 def test_simulated_franka_graph_hosts_the_world_and_drives_it_through_the_arm_driver() -> None:
     sim = build_graph(load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
-    assert [n.name for n in sim.nodes] == ["health_monitor", "sim_world", "arm_driver"]
+    episode_layer = ["base_policy", "residual_policy", "reward_classifier", "supervisor"]
+    assert [n.name for n in sim.nodes] == ["health_monitor", "sim_world", "arm_driver", *episode_layer]
     assert sim.node("arm_driver").parameters == {"profile": "/p.yaml", "arm": "arm"}
-    assert sim.node("health_monitor").parameters["expected"] == ["/sim_world", "/arm_driver"]
+    assert sim.node("health_monitor").parameters["expected"] == [
+        "/sim_world",
+        "/arm_driver",
+        *(f"/{name}" for name in episode_layer),
+    ]
     real = build_graph(load_profile("franka_pick_cube", config_dir=CONFIG_DIR), Path("/p.yaml"))
     assert "sim_world" not in [n.name for n in real.nodes]
 
@@ -65,7 +70,14 @@ def test_two_arms_get_one_driver_each() -> None:
 
 def test_real_cameras_get_a_node_each_and_simulated_ones_none() -> None:
     real = build_graph(load_profile("franka_pick_cube", config_dir=CONFIG_DIR), Path("/p.yaml"))
-    assert [n.name for n in real.nodes] == ["health_monitor", "arm_driver", "wrist_camera", "side_camera"]
+    assert [n.name for n in real.nodes][:4] == ["health_monitor", "arm_driver", "wrist_camera", "side_camera"]
     assert real.node("side_camera").parameters == {"profile": "/p.yaml", "camera": "side"}
     sim = build_graph(load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
     assert not [n for n in sim.nodes if n.executable == "camera"]
+
+
+def test_the_supervisor_ends_the_run_and_takes_the_episode_count_override() -> None:
+    profile = load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR)
+    default = build_graph(profile, Path("/p.yaml")).node("supervisor")
+    assert default.ends_run and "episodes" not in default.parameters
+    assert build_graph(profile, Path("/p.yaml"), episodes=3).node("supervisor").parameters["episodes"] == 3

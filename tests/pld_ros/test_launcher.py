@@ -70,3 +70,19 @@ def test_a_node_that_ignores_sigint_is_escalated_and_the_stop_is_bounded() -> No
     assert "escalating to SIGTERM for stubborn" in out.getvalue()
     assert "node 'stubborn' stopped (killed by SIGTERM (exit -15))" in out.getvalue()
     assert elapsed < 0.5 + 1.0 + 1.0 + 1.0
+
+
+def test_a_node_that_ends_the_run_stops_the_graph_cleanly_when_it_exits_0() -> None:
+    out = io.StringIO()
+    finisher = ProcessSpec(name="supervisor", argv=(PY, "-c", "import time; time.sleep(0.5)"), ends_run=True)
+    runner = GraphRunner([spec("steady", "import time; time.sleep(30)"), finisher], out=out)
+    report = runner.run(duration=20)
+    assert report.exit_code == 0
+    assert report.reason == "'supervisor' finished the run"
+
+
+def test_a_node_that_ends_the_run_still_fails_the_run_when_it_crashes() -> None:
+    crasher = ProcessSpec(name="supervisor", argv=(PY, "-c", "import sys; sys.exit(3)"), ends_run=True)
+    report = GraphRunner([spec("steady", "import time; time.sleep(30)"), crasher], out=io.StringIO()).run(20)
+    assert report.exit_code == 1
+    assert [f.name for f in report.failed] == ["supervisor"]

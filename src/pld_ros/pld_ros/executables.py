@@ -11,4 +11,9 @@ NODE_EXECUTABLES = {
     "heartbeat": "pld_ros.nodes.heartbeat",
     "health_monitor": "pld_ros.nodes.health_monitor",
     "sim_world": "pld_ros.nodes.sim_world",
+    "base_policy": "pld_ros.nodes.base_policy",
+    "residual_policy": "pld_ros.nodes.residual_policy",
+    "reward_classifier": "pld_ros.nodes.reward_classifier",
+    "supervisor": "pld_ros.nodes.supervisor",
+    "teleop": "pld_ros.nodes.teleop",
 }

@@ -28,6 +28,9 @@ class NodeSpec:
     respawn: bool = False
     """Restart on exit. A node that is not respawned is required: its exit stops the graph."""
     respawn_delay: float = 1.0
+    ends_run: bool = False
+    """The node finishes the run: its clean exit (code 0) stops the graph as completed, not failed
+    (the supervisor after its count of episodes)."""
 
     @property
     def fully_qualified_name(self) -> str:
@@ -48,11 +51,44 @@ class Graph:
         raise KeyError(f"no node {name!r} in the graph of profile {self.profile.name!r}")
 
 
-def build_graph(profile: Profile, profile_path: Path) -> Graph:
+def _episode_layer(
+    profile: Profile, profile_parameter: dict[str, ParameterValue], episodes: int | None
+) -> list[NodeSpec]:
+    """Policies, reward and supervisor: the nodes that run episodes (docs/policy_layer.md)."""
+    # The YAM world has no node yet (it comes with the GPU-insertion loop), so its simulated
+    # variant has no cameras to feed policies: it runs the arms alone until then.
+    if profile.simulation is not None and profile.simulation.world == "yam_gpu_insertion":
+        return []
+    nodes = []
+    if profile.policies is not None:
+        nodes += [
+            NodeSpec(name="base_policy", executable="base_policy", parameters=dict(profile_parameter)),
+            NodeSpec(
+                name="residual_policy", executable="residual_policy", parameters=dict(profile_parameter)
+            ),
+        ]
+    if profile.reward is not None:
+        nodes.append(
+            NodeSpec(
+                name="reward_classifier", executable="reward_classifier", parameters=dict(profile_parameter)
+            )
+        )
+    if profile.policies is not None and profile.reward is not None:
+        supervisor: dict[str, ParameterValue] = dict(profile_parameter)
+        if episodes is not None:
+            supervisor["episodes"] = episodes
+        nodes.append(
+            NodeSpec(name="supervisor", executable="supervisor", parameters=supervisor, ends_run=True)
+        )
+    return nodes
+
+
+def build_graph(profile: Profile, profile_path: Path, *, episodes: int | None = None) -> Graph:
     """Compute the node graph of a validated profile.
 
     Nodes that serve a profile section get ``profile_path`` as their ``profile`` parameter and
     read their section from the same validated file, rather than from a second copy of its values.
+    ``episodes`` overrides the supervisor's episode count (``pld demo``).
     """
     profile_parameter: dict[str, ParameterValue] = {"profile": str(profile_path)}
     arms = [
@@ -83,7 +119,7 @@ def build_graph(profile: Profile, profile_path: Path) -> Graph:
         )
         for node in profile.extra_nodes
     ]
-    own = [*world, *arms, *cameras, *extra]
+    own = [*world, *arms, *cameras, *_episode_layer(profile, profile_parameter, episodes), *extra]
     watched = [spec.fully_qualified_name for spec in own if spec.package == "pld_ros"]
     monitor = NodeSpec(
         name="health_monitor",

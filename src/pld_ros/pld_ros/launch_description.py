@@ -33,8 +33,9 @@ def _nodes(context: LaunchContext, default_profile: str) -> list[Any]:
             respawn=spec.respawn,
             respawn_delay=spec.respawn_delay,
             output="screen",
-            # A node that is not respawned is required, as under `pld launch`.
-            on_exit=None if spec.respawn else Shutdown(reason=f"required node {spec.name} exited"),
+            # A node that is not respawned is required, as under `pld launch`; one that ends the
+            # run (the supervisor) shuts the graph down when it is done.
+            on_exit=None if spec.respawn else Shutdown(reason=f"node {spec.name} exited"),
         )
         for spec in graph.nodes
     ]

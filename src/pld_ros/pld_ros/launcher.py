@@ -4,7 +4,9 @@ Each node runs in its own process and session, so that a terminal's Ctrl-C reach
 launcher, which then stops the nodes in order: SIGINT, then SIGTERM, then SIGKILL, each after a
 grace period. Node output is prefixed with the node's name. A node that exits on its own is
 reported with its exit code (or signal) and its last lines of output; unless it is marked for
-respawn, its exit stops the whole graph, as ``launch_ros`` does for a required node.
+respawn, its exit stops the whole graph, as ``launch_ros`` does for a required node. A node that
+ends the run (the supervisor after its episodes) stops the graph without failure when it exits
+cleanly.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ProcessSpec:
     argv: tuple[str, ...]
     respawn: bool = False
     respawn_delay: float = 1.0
+    ends_run: bool = False
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ def process_specs(graph: Graph) -> Iterator[list[ProcessSpec]]:
                 argv=node_command(spec, write_params_file(spec, Path(tmp))),
                 respawn=spec.respawn,
                 respawn_delay=spec.respawn_delay,
+                ends_run=spec.ends_run,
             )
             for spec in graph.nodes
         ]
@@ -229,7 +233,9 @@ class GraphRunner:
                     record = child.exit_record()
                     del self._children[name]
                     self.log(f"node '{name}' {record.cause}")
-                    if child.spec.respawn:
+                    if child.spec.ends_run and record.returncode == 0:
+                        self.request_stop(f"'{name}' finished the run")
+                    elif child.spec.respawn:
                         report.respawns[name] = report.respawns.get(name, 0) + 1
                         pending_respawn[name] = time.monotonic() + child.spec.respawn_delay
                         self.log(f"respawning '{name}' in {child.spec.respawn_delay:g} s")
