@@ -83,6 +83,38 @@ def launch(
     raise typer.Exit(report.exit_code)
 
 
+@app.command()
+def teleop(
+    profile: ProfileArg,
+    sim: SimOption = False,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            help="keyboard, spacemouse, or sim (a scripted SpaceMouse); default: the profile's teleop.device."
+        ),
+    ] = None,
+) -> None:
+    """Take the arm over by hand from this terminal (keyboard or SpaceMouse) until Ctrl-C.
+
+    Start the graph (`pld launch`) in another terminal. While you act, your steps replace the
+    policies' (through the same safety layer) and are recorded as HUMAN; the policies get the arm
+    back teleop.hold_time after you stop.
+    """
+    try:
+        path = resolve_profile_path(profile, sim=sim)
+        load_profile(path, sim=sim)
+    except ProfileError as exc:
+        raise _fail(str(exc)) from None
+    # The node runs in this process, in the foreground: the keyboard needs this terminal.
+    from pld_ros.nodes.runner import run_node
+    from pld_ros.nodes.teleop import TeleopNode
+
+    ros_args = ["--ros-args", "-p", f"profile:={path}"]
+    if device:
+        ros_args += ["-p", f"device:={device}"]
+    raise typer.Exit(run_node(TeleopNode, ["pld", *ros_args]))
+
+
 @profile_app.command("list")
 def profile_list() -> None:
     """List the profiles shipped in config/."""
