@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pld_ros import __version__
+from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
 from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
 from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
@@ -20,6 +23,10 @@ app = typer.Typer(
 )
 profile_app = typer.Typer(help="Inspect and validate robot profiles (config/*.yaml).", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
+runs_app = typer.Typer(
+    help="Episode logs of supervisor runs: summaries and outcome plots.", no_args_is_help=True
+)
+app.add_typer(runs_app, name="runs")
 
 ProfileArg = Annotated[
     str, typer.Argument(help="Profile name in config/ (e.g. franka_pick_cube) or a path to a YAML file.")
@@ -32,12 +39,26 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _graph(profile: str, sim: bool) -> Graph:
+def _graph(profile: str, sim: bool, episodes: int | None = None) -> Graph:
     try:
         path = resolve_profile_path(profile, sim=sim)
-        return build_graph(load_profile(path, sim=sim), path)
+        return build_graph(load_profile(path, sim=sim), path, episodes=episodes)
     except (ProfileError, ValueError) as exc:
         raise _fail(str(exc)) from None
+
+
+def _run(graph: Graph, duration: float | None) -> int:
+    try:
+        with process_specs(graph) as specs:
+            runner = GraphRunner(specs)
+            runner.log(f"profile {graph.profile.name} ({graph.profile_path}): {len(specs)} node(s)")
+            with forward_signals(runner):
+                report = runner.run(duration=duration)
+    except LaunchError as exc:
+        raise _fail(str(exc)) from None
+    for failure in report.failed:
+        typer.echo(f"pld: node '{failure.name}' {failure.cause}", err=True)
+    return report.exit_code
 
 
 def _version(value: bool) -> None:
@@ -69,18 +90,47 @@ def launch(
     SIGTERM, then SIGKILL). A node that dies is reported with its exit code and last output,
     and stops the graph unless the profile marks it for respawn; the exit code is then 1.
     """
-    graph = _graph(profile, sim)
-    try:
-        with process_specs(graph) as specs:
-            runner = GraphRunner(specs)
-            runner.log(f"profile {graph.profile.name} ({graph.profile_path}): {len(specs)} node(s)")
-            with forward_signals(runner):
-                report = runner.run(duration=duration)
-    except LaunchError as exc:
-        raise _fail(str(exc)) from None
-    for failure in report.failed:
-        typer.echo(f"pld: node '{failure.name}' {failure.cause}", err=True)
-    raise typer.Exit(report.exit_code)
+    raise typer.Exit(_run(_graph(profile, sim), duration))
+
+
+@app.command()
+def demo(
+    profile: Annotated[str, typer.Argument(help="Profile name or path; its simulated variant runs.")] = (
+        "franka_pick_cube"
+    ),
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to run before stopping.")] = 30,
+) -> None:
+    """Run episodes unattended on simulated hardware, then print the summary and plot the outcomes.
+
+    The profile's simulated graph runs: the world, the arm driver, the base policy probing, the
+    residual taking over, the success signal deciding, the supervisor resetting between episodes.
+    """
+    graph = _graph(profile, sim=True, episodes=episodes)
+    started = time.time()
+    code = _run(graph, duration=None)
+    runs = graph.profile.supervisor.run_directory
+    # The supervisor names its run directory after the profile and its start time.
+    candidates = [
+        d for d in runs.glob(f"{graph.profile.name}-*") if d.is_dir() and d.stat().st_mtime >= started - 1.0
+    ]
+    if not candidates:
+        raise _fail(f"no run directory of this run under {runs}", code or 1)
+    run_dir = max(candidates, key=lambda d: d.stat().st_mtime)
+    plot = run_dir / PLOT_FILE
+    typer.echo(summarize_run(run_dir, plot=plot))
+    typer.echo(f"episode log: {run_dir / EPISODES_FILE}\noutcome plot: {plot}")
+    raise typer.Exit(code)
+
+
+@runs_app.command("summary")
+def runs_summary(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds episodes.jsonl).")],
+    plot: Annotated[Path | None, typer.Option(help="Also write the outcome plot (PNG) here.")] = None,
+) -> None:
+    """Print a run's summary table (episodes, success rate, mean length, aborted)."""
+    if not (run_dir / EPISODES_FILE).is_file():
+        raise _fail(f"{run_dir}: no {EPISODES_FILE} (not a run directory)")
+    typer.echo(summarize_run(run_dir, plot=plot))
 
 
 @app.command()

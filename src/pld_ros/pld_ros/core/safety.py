@@ -80,7 +80,8 @@ TIMEOUTS = "command_timeouts"
 ESTOP_REJECTED = "rejected_estop"
 
 
-def _clip_norm(vector: FloatArray, limit: float) -> tuple[FloatArray, bool]:
+def clip_norm(vector: FloatArray, limit: float) -> tuple[FloatArray, bool]:
+    """``vector`` scaled down to length ``limit`` when longer, and whether it was."""
     norm = float(np.linalg.norm(vector))
     if norm <= limit:
         return vector, False
@@ -159,15 +160,15 @@ class SafetyFilter:
             return SafetyOutput(Decision.MOVE, self._target, self._gripper)
         self._idle_ticks = 0
 
-        translation, clipped = _clip_norm(command.translation, self.limits.max_translation_step)
+        translation, clipped = clip_norm(command.translation, self.limits.max_translation_step)
         self.counters[TRANSLATION_CLIPPED] += clipped
-        rotation, clipped = _clip_norm(command.rotation, self.limits.max_rotation_step)
+        rotation, clipped = clip_norm(command.rotation, self.limits.max_rotation_step)
         self.counters[ROTATION_CLIPPED] += clipped
 
         moved = self._target.moved(translation, rotation)
         position = np.clip(moved.position, self._low, self._high)
         self.counters[WORKSPACE_CLIPPED] += bool(np.any(position != moved.position))
-        lead, clipped = _clip_norm(position - measured.position, self._max_lag)
+        lead, clipped = clip_norm(position - measured.position, self._max_lag)
         self.counters[LAG_CLIPPED] += clipped
         # Re-clip: the lag limit pulls toward the measured pose, which may itself be outside.
         position = np.clip(measured.position + lead, self._low, self._high)
