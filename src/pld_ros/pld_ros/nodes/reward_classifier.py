@@ -1,0 +1,247 @@
+"""Reward classifier node: one ``reward/scores`` per control tick, one probability per stage head.
+
+Each ``<arm>/state`` of the control arm is a tick. The node takes the newest matched views of
+``reward.views`` and publishes the classifier's probabilities (``SuccessScores``, stamped with the
+views' capture time). A stale camera publishes nothing that tick and is reported on /diagnostics
+(``pld/reward``): a score computed from an old image would tell the supervisor about the past.
+
+Backends (``reward.backend``):
+
+- ``onnx``: ``reward.path`` is an ONNX file with the contract of
+  :mod:`pld_ros.models.success_classifier` (``images`` uint8 [B, V, H, W, 3] -> ``probabilities``
+  float32 [B, heads]); onnxruntime, on CUDA when its provider is present.
+- ``torch``: ``reward.path`` is a safetensors state dict of
+  :class:`~pld_ros.models.success_classifier.SuccessClassifier` with its config in the metadata
+  (``save_classifier``). A state dict rather than TorchScript: it cannot run code when loaded and
+  it is what the trainer writes anyway.
+- ``privileged`` (simulation): the simulator's ``sim/success`` (std_msgs/Bool) stands in for the
+  classifier: 1.0 or 0.0 on every head, ``privileged`` true. Until the first ``sim/success``
+  arrives nothing is published.
+
+The model must have at least 1 + the largest ``head`` of the profile's stages outputs; this is
+checked at start with one inference on a blank input (which also warms the model up).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.node import Node
+from std_msgs.msg import Bool
+
+from pld_msgs.msg import RobotState, SuccessScores
+from pld_ros.core.frame_sync import NoSet
+from pld_ros.models.success_classifier import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    SuccessClassifier,
+    SuccessClassifierConfig,
+)
+from pld_ros.nodes.heartbeat import start_heartbeat
+from pld_ros.nodes.observations import ViewCache
+from pld_ros.nodes.runner import NodeConfigError, run_node
+from pld_ros.policies.weights import WeightsError, check_tensors, load_local
+from pld_ros.profile import ProfileError, load_profile
+
+Classifier = Callable[[np.ndarray], np.ndarray]
+"""uint8 [B, V, H, W, 3] -> float32 [B, heads]."""
+LATENCY_WINDOW = 1000
+"""Ticks over which the inference-time percentiles are computed."""
+
+
+def onnx_classifier(path: Path) -> tuple[Classifier, str]:
+    """An onnxruntime session with the success classifier's I/O contract, and its provider."""
+    import onnxruntime as ort
+
+    providers = [
+        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
+    ]
+    options = ort.SessionOptions()
+    # One core: on a small robot computer the residual actor and the rest of the graph need the others.
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+        raise NodeConfigError(f"reward.path: {path}: cannot load the ONNX model: {exc}") from None
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs:
+        raise NodeConfigError(
+            f"reward.path: {path}: expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}, "
+            f"the model has inputs {inputs} and outputs {outputs}"
+        )
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
+        return np.asarray(probabilities, dtype=np.float32)
+
+    return classify, session.get_providers()[0]
+
+
+def torch_classifier(path: Path) -> tuple[Classifier, str]:
+    """A :class:`SuccessClassifier` from a safetensors state dict with its config in the metadata."""
+    try:
+        weights = load_local(path)
+        config = SuccessClassifierConfig.from_json(weights.metadata.get("config", ""))
+        model = SuccessClassifier(config).eval()
+        check_tensors(weights.tensors, model.state_dict(), str(path))
+    except (WeightsError, ValueError) as exc:
+        raise NodeConfigError(f"reward.path: {exc}") from None
+    model.load_state_dict(weights.tensors)
+    # One core, as the ONNX backend (torch would take them all by default).
+    torch.set_num_threads(1)
+
+    def classify(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(images)).numpy()
+
+    return classify, "torch cpu"
+
+
+def to_time(stamp: float) -> Time:
+    sec = math.floor(stamp)
+    return Time(sec=int(sec), nanosec=int((stamp - sec) * 1e9))
+
+
+class RewardClassifierNode(Node):
+    def __init__(self) -> None:
+        super().__init__("reward_classifier")
+        profile_path = str(self.declare_parameter("profile", "").value)
+        try:
+            profile = load_profile(profile_path)
+            arm = profile.control_arm
+        except (ProfileError, ValueError) as exc:
+            raise NodeConfigError(str(exc)) from None
+        if profile.reward is None:
+            raise NodeConfigError(f"profile {profile.name!r} has no 'reward' section")
+        reward = profile.reward
+        self.backend = reward.backend
+        self.num_heads = 1 + max(stage.head for stage in reward.stages)
+        self.counters = {"ticks": 0, "published": 0, "stale_camera_ticks": 0, "no_success_ticks": 0}
+        self._last_stale = ""
+        self._inference: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._success: bool | None = None
+        self._classify: Classifier | None = None
+        self._scores_pub = self.create_publisher(SuccessScores, "reward/scores", 10)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        if reward.backend == "privileged":
+            self.device = "simulator"
+            self.create_subscription(Bool, "sim/success", self._on_success, 10)
+        else:
+            assert reward.path is not None  # the profile requires it for these backends
+            cameras = [profile.cameras[view] for view in reward.views]
+            loader = onnx_classifier if reward.backend == "onnx" else torch_classifier
+            self._classify, self.device = loader(reward.path)
+            height, width = cameras[0].policy_view.height, cameras[0].policy_view.width
+            self._check_heads(np.zeros((1, len(cameras), height, width, 3), np.uint8))
+            self.views = ViewCache(
+                self,
+                reward.views,
+                stale_after=min(c.stale_after for c in cameras),
+                frame_period=max(1.0 / c.fps for c in cameras),
+            )
+        self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
+        self.create_timer(1.0, self._publish_diagnostics)
+        start_heartbeat(self)
+        self.get_logger().info(
+            f"reward classifier ({reward.backend}, {self.device}) on {arm}/state, {self.num_heads} head(s)"
+        )
+
+    def _check_heads(self, blank: np.ndarray) -> None:
+        assert self._classify is not None
+        try:
+            out = self._classify(blank)
+        except Exception as exc:  # a model that cannot run on the profile's views is a config error
+            raise NodeConfigError(
+                f"reward.path: the classifier fails on {blank.shape[1:]} views: {exc}"
+            ) from None
+        if out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < self.num_heads:
+            raise NodeConfigError(
+                f"reward.path: the classifier outputs {tuple(out.shape)}, "
+                f"the stages need [1, >= {self.num_heads}]"
+            )
+
+    def _on_success(self, message: Bool) -> None:
+        self._success = bool(message.data)
+
+    def _on_state(self, state: RobotState) -> None:
+        self.counters["ticks"] += 1
+        if self._classify is None:
+            self._privileged(state)
+            return
+        now = self.get_clock().now().nanoseconds * 1e-9
+        views = self.views.newest(now)
+        if isinstance(views, NoSet):
+            self.counters["stale_camera_ticks"] += 1
+            if views.reason != self._last_stale:
+                self.get_logger().warning(f"no scores: {views.reason}")
+            self._last_stale = views.reason
+            return
+        self._last_stale = ""
+        images = np.stack([views.items[name] for name in self.views.views])[np.newaxis]
+        started = time.perf_counter()
+        probabilities = self._classify(images)[0]
+        elapsed = time.perf_counter() - started
+        self._inference.append(elapsed)
+        self._publish(to_time(views.stamp), probabilities, elapsed, privileged=False)
+
+    def _privileged(self, state: RobotState) -> None:
+        if self._success is None:
+            self.counters["no_success_ticks"] += 1
+            return
+        probabilities = np.full(self.num_heads, 1.0 if self._success else 0.0, np.float32)
+        self._publish(state.header.stamp, probabilities, 0.0, privileged=True)
+
+    def _publish(self, stamp: Time, probabilities: np.ndarray, elapsed: float, privileged: bool) -> None:
+        message = SuccessScores(
+            probabilities=[float(p) for p in probabilities], inference_time=elapsed, privileged=privileged
+        )
+        message.header.stamp = stamp
+        self._scores_pub.publish(message)
+        self.counters["published"] += 1
+
+    def _publish_diagnostics(self) -> None:
+        times = np.array(self._inference) if self._inference else np.array([math.nan])
+        if self._last_stale:
+            level, message = DiagnosticStatus.WARN, f"no scores: {self._last_stale}"
+        elif self._classify is None and self._success is None:
+            level, message = DiagnosticStatus.WARN, "no sim/success yet"
+        else:
+            level, message = DiagnosticStatus.OK, "scoring"
+        values = {
+            "backend": self.backend,
+            "device": self.device,
+            "heads": self.num_heads,
+            "inference_p50_ms": f"{np.percentile(times, 50) * 1e3:.2f}",
+            "inference_p99_ms": f"{np.percentile(times, 99) * 1e3:.2f}",
+            "stale_reason": self._last_stale,
+            **self.counters,
+        }
+        status = DiagnosticStatus(
+            level=level,
+            name="pld/reward",
+            hardware_id=self.backend,
+            message=message,
+            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(array)
+
+
+def main() -> None:
+    sys.exit(run_node(RewardClassifierNode))
+
+
+if __name__ == "__main__":
+    main()
