@@ -69,6 +69,21 @@ def test_model_paths_are_relative_to_the_profile() -> None:
     assert sim.policies.base.path == CONFIG_DIR / "models" / "franka_pick_cube_base.onnx"
 
 
+def test_an_overlay_elsewhere_keeps_its_bases_paths_and_resolves_its_own(tmp_path: Path) -> None:
+    overlay = tmp_path / "mine_sim.yaml"
+    overlay.write_text(
+        f"extends: {CONFIG_DIR / 'franka_pick_cube_sim.yaml'}\n"
+        "supervisor: {run_directory: runs}\nbuffer: {directory: ~/episodes}\n"
+    )
+    profile = load_profile(overlay)
+    assert profile.policies is not None
+    assert profile.policies.base.path == CONFIG_DIR / "models" / "franka_pick_cube_base.onnx"
+    assert profile.supervisor.run_directory == tmp_path / "runs"
+    assert profile.buffer.directory == Path.home() / "episodes"
+    # A default path is expanded like a given one.
+    assert profile.recording.directory == Path.home() / ".local" / "share" / "pld" / "bags"
+
+
 def test_sim_flag_on_a_real_profile_path_is_refused() -> None:
     with pytest.raises(ProfileError, match="no 'simulation' section"):
         load_profile(CONFIG_DIR / "franka_pick_cube.yaml", sim=True)

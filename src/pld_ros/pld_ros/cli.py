@@ -116,6 +116,8 @@ def demo(
     if not candidates:
         raise _fail(f"no run directory of this run under {runs}", code or 1)
     run_dir = max(candidates, key=lambda d: d.stat().st_mtime)
+    if not (run_dir / EPISODES_FILE).is_file():
+        raise _fail(f"no episode ended in this run ({run_dir})", code or 1)
     plot = run_dir / PLOT_FILE
     typer.echo(summarize_run(run_dir, plot=plot))
     typer.echo(f"episode log: {run_dir / EPISODES_FILE}\noutcome plot: {plot}")

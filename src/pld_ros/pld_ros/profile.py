@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -40,7 +41,12 @@ class ProfileError(ValueError):
 
 class _Section(BaseModel):
     # Unknown keys are rejected: a typo in a safety limit must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Defaults are validated too, so that a default path's "~" is expanded like a given one's.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+UserPath = Annotated[Path, AfterValidator(Path.expanduser)]
+"""A path in which "~" stands for the user's home directory."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,7 +210,7 @@ class BasePolicy(_Section):
     backend: Literal["openpi", "onnx", "torch"]
     uri: str | None = None
     """Policy server for openpi, e.g. "ws://gpu-box:8000"."""
-    path: Path | None = None
+    path: UserPath | None = None
     """Model file for onnx / torch, relative to the profile's directory unless absolute."""
     prompt: str
     """Task instruction given to the policy."""
@@ -248,7 +254,7 @@ class ResidualPolicy(_Section):
     xi: XiSchedule = XiSchedule()
     max_probe_steps: NonNegativeInt = 40
     """K: the base policy runs k ~ U[0, K] steps before the residual takes over."""
-    weights: Path | None = None
+    weights: UserPath | None = None
     """Initial weights (safetensors); none starts from zeros, i.e. the base policy alone."""
 
 
@@ -283,7 +289,7 @@ class Reward(_Section):
 
     backend: Literal["onnx", "torch", "privileged"]
     """"privileged" uses the simulator's ground truth; only valid in simulation."""
-    path: Path | None = None
+    path: UserPath | None = None
     views: tuple[RosName, ...] = ("wrist", "side")
     stages: tuple[Stage, ...] = Field(min_length=1)
 
@@ -321,7 +327,7 @@ class Supervisor(_Section):
     """End-effector orientation of the reset pose (quaternion x, y, z, w); none: as at start."""
     reset_timeout: PositiveFloat = 20.0
     """Seconds the reset may take before the episode counts as aborted and the reset is retried."""
-    run_directory: Path = Path("~/.local/share/pld/runs")
+    run_directory: UserPath = Path("~/.local/share/pld/runs")
     """Where each run writes its episode log (episodes.jsonl) and outcome plot."""
     max_episode_steps: PositiveInt = 200
     mode: Literal["base_only", "probe_takeover", "residual_only"] = "probe_takeover"
@@ -350,7 +356,7 @@ class Teleop(_Section):
 
 
 class Buffer(_Section):
-    directory: Path = Path("~/.local/share/pld/episodes")
+    directory: UserPath = Path("~/.local/share/pld/episodes")
     """Where episodes are persisted, one file each."""
     capacity: PositiveInt = 1_000_000
     """Transitions kept in memory per buffer (offline and online)."""
@@ -380,7 +386,7 @@ class Trainer(_Section):
     reward_bias: float = 0.0
     image_shift_pixels: NonNegativeInt = 4
     """Random-shift augmentation, pixels of padding at 128x128 (our default)."""
-    encoder_weights: Path | None = None
+    encoder_weights: UserPath | None = None
     """Pretrained ResNet-10 weights (safetensors); none trains the encoder from scratch."""
     publish_every_updates: PositiveInt = 500
     """Learner updates between two published weight versions."""
@@ -388,7 +394,7 @@ class Trainer(_Section):
 
 class Recording(_Section):
     enabled: bool = False
-    directory: Path = Path("~/.local/share/pld/bags")
+    directory: UserPath = Path("~/.local/share/pld/bags")
     split: Literal["episode", "session"] = "episode"
     compression: Literal["none", "zstd"] = "zstd"
 
@@ -546,7 +552,7 @@ def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, An
 def _raw_profile(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise ProfileError(f"{path}: 'extends' loops: {' -> '.join(str(p) for p in (*seen, path))}")
-    data = _read_yaml(path)
+    data = _absolute_paths(_read_yaml(path), path.parent)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -574,41 +580,43 @@ def describe_validation_error(source: Path, error: ValidationError) -> str:
 
 
 def parse_profile(data: Mapping[str, Any], source: Path) -> Profile:
+    """Validate a profile's data read from ``source`` (relative paths are relative to its directory)."""
     try:
-        profile = Profile.model_validate(data)
+        profile = Profile.model_validate(_absolute_paths(dict(data), source.parent))
     except ValidationError as exc:
         raise ProfileError(describe_validation_error(source, exc)) from None
-    return _resolve_relative_paths(profile, source.parent)
+    return profile
 
 
-def _resolve_relative_paths(profile: Profile, base: Path) -> Profile:
-    # Model files are named relative to the profile so that a profile directory can be moved whole.
-    def absolute(path: Path | None) -> Path | None:
-        if path is None:
-            return None
-        path = path.expanduser()
-        return path if path.is_absolute() else (base / path).resolve()
+PATH_FIELDS = (
+    ("policies", "base", "path"),
+    ("policies", "residual", "weights"),
+    ("reward", "path"),
+    ("trainer", "encoder_weights"),
+    ("buffer", "directory"),
+    ("recording", "directory"),
+    ("supervisor", "run_directory"),
+)
+"""Fields naming files or directories. A relative one is relative to the profile file that sets
+it, so a profile directory moves whole and an overlay elsewhere still finds its base's models."""
 
-    updates: dict[str, Any] = {}
-    if profile.policies is not None:
-        base_policy = profile.policies.base.model_copy(update={"path": absolute(profile.policies.base.path)})
-        residual = profile.policies.residual.model_copy(
-            update={"weights": absolute(profile.policies.residual.weights)}
-        )
-        updates["policies"] = profile.policies.model_copy(update={"base": base_policy, "residual": residual})
-    if profile.reward is not None:
-        updates["reward"] = profile.reward.model_copy(update={"path": absolute(profile.reward.path)})
-    updates["trainer"] = profile.trainer.model_copy(
-        update={"encoder_weights": absolute(profile.trainer.encoder_weights)}
-    )
-    updates["supervisor"] = profile.supervisor.model_copy(
-        update={"run_directory": absolute(profile.supervisor.run_directory)}
-    )
-    updates["buffer"] = profile.buffer.model_copy(update={"directory": absolute(profile.buffer.directory)})
-    updates["recording"] = profile.recording.model_copy(
-        update={"directory": absolute(profile.recording.directory)}
-    )
-    return profile.model_copy(update=updates)
+
+def _absolute_paths(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """``data`` with the relative paths of PATH_FIELDS made absolute against ``base``."""
+
+    def resolve(section: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any]:
+        key, rest = keys[0], keys[1:]
+        value = section.get(key)
+        if rest:
+            return {**section, key: resolve(value, rest)} if isinstance(value, Mapping) else section
+        if not isinstance(value, str | Path):
+            return section
+        path = Path(value).expanduser()
+        return {**section, key: str(path if path.is_absolute() else (base / path).resolve())}
+
+    for keys in PATH_FIELDS:
+        data = resolve(data, keys)
+    return dict(data)
 
 
 def load_profile(profile: str | Path, *, sim: bool = False, config_dir: Path | None = None) -> Profile:

@@ -87,7 +87,8 @@ class EpisodeLog:
             os.fsync(file.fileno())
 
     def read(self) -> list[EpisodeRecord]:
-        return read_episodes(self.path)
+        """The records so far; none before the first episode has ended."""
+        return read_episodes(self.path) if self.path.is_file() else []
 
 
 def read_episodes(path: Path) -> list[EpisodeRecord]:
