@@ -222,6 +222,14 @@ class BasePolicy(_Section):
     """Actions executed from each chunk before the next one is used (k of H)."""
     temporal_ensemble: bool = False
     """Average overlapping chunk predictions for the same tick instead of taking the newest."""
+    ensemble_decay: float = 0.5
+    """m in the temporal-ensemble weight exp(-m * age in chunks), the newest chunk at age 0 (our
+    default: the previous chunk counts 0.61 of the newest). 0 is a plain average; negative favours
+    older chunks, as ACT does. Used only with temporal_ensemble."""
+    wait_budget: Annotated[float, Field(ge=0.0, lt=0.05)] = 0.010
+    """Seconds a control tick may wait for an inference on its own observation, so that a fast
+    policy runs synchronously (our default: 10 ms, a fifth of a 20 Hz period). A policy whose
+    measured latency exceeds it is never waited for."""
     timeout: PositiveFloat = 2.0
     """Seconds without a fresh action after which the base policy counts as dead (a fault)."""
     openpi: OpenpiKeys = OpenpiKeys()
