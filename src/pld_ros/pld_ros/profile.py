@@ -340,7 +340,8 @@ class Supervisor(_Section):
     max_episode_steps: PositiveInt = 200
     mode: Literal["base_only", "probe_takeover", "residual_only"] = "probe_takeover"
     episodes: NonNegativeInt = 0
-    """Episodes to run before stopping; 0 runs until stopped."""
+    """Episodes to run before stopping, aborted ones not counted (they are retried); 0 runs until
+    stopped."""
     warmup_episodes: NonNegativeInt = 10
     """Episodes with the base policy alone before the residual acts (they fill the offline buffer)."""
     home_randomization: NonNegativeFloat = 0.03

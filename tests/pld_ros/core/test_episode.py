@@ -400,6 +400,18 @@ def test_a_run_ends_after_its_count_of_episodes_or_successes() -> None:
     assert out.run_result.successes == 2 and out.status.episodes_completed == 2
 
 
+def test_aborted_episodes_do_not_count_towards_the_run() -> None:
+    harness = Harness(settings(episodes=2, max_episode_steps=10))
+    harness.supervisor.start()
+    harness.until_phase(Phase.PROBING)
+    harness.commands = False
+    assert harness.until_ended().outcome is Outcome.ABORTED
+    harness.commands = True
+    out = harness.run_until(lambda out: out.run_result is not None)
+    assert out.run_result is not None
+    assert (out.run_result.episodes, out.run_result.aborted, out.run_result.failures) == (3, 1, 2)
+
+
 def test_settings_from_the_shipped_profile() -> None:
     profile = load_profile(CONFIG_DIR / "franka_pick_cube_sim.yaml")
     loaded = EpisodeSettings.from_profile(profile, episodes=5)

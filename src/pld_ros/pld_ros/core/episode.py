@@ -108,7 +108,7 @@ class EpisodeSettings:
     max_episode_steps: int = 200
     mode: RunMode = RunMode.PROBE_TAKEOVER
     episodes: int = 0
-    """Episodes per run; 0 runs until stopped."""
+    """Episodes per run, aborted ones not counted; 0 runs until stopped."""
     warmup_episodes: int = 10
     max_probe_steps: int = 40
     """K of k ~ U[0, K]."""
@@ -244,7 +244,8 @@ class Status:
 
 @dataclass(frozen=True)
 class RunRequest:
-    """A run: stop after ``episodes`` episodes or ``successes`` successes (0: no limit)."""
+    """A run: stop after ``episodes`` episodes that are not aborted, or after ``successes``
+    successes (0: no limit)."""
 
     episodes: int = 0
     successes: int = 0
@@ -482,7 +483,8 @@ class EpisodeSupervisor:
         request = run.request
         if request.successes and run.successes >= request.successes:
             return "success count reached"
-        if request.episodes and run.episodes >= request.episodes:
+        # An aborted episode says nothing about the policy: it is retried rather than counted.
+        if request.episodes and run.episodes - run.aborted >= request.episodes:
             return "episode count reached"
         return ""
 
