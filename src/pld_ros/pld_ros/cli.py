@@ -13,6 +13,7 @@ from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
 from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
 from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
+from pld_ros.training.commands import app as train_app
 
 app = typer.Typer(
     name="pld",
@@ -23,6 +24,7 @@ app = typer.Typer(
 )
 profile_app = typer.Typer(help="Inspect and validate robot profiles (config/*.yaml).", no_args_is_help=True)
 app.add_typer(profile_app, name="profile")
+app.add_typer(train_app, name="train")
 runs_app = typer.Typer(
     help="Episode logs of supervisor runs: summaries and outcome plots.", no_args_is_help=True
 )

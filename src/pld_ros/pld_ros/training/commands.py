@@ -1,0 +1,302 @@
+"""``pld train ...``: demonstrations, the embedded simulation base policy and success classifier.
+
+Mounted by the main CLI as ``pld train``; until then ``python -m pld_ros.training.commands ...``.
+The simulated world runs in this process (franky-sim bound to ``--host``); no ROS graph is needed.
+``scripts/train_sim_models.sh`` runs the whole chain with the seeds of the shipped models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+
+from pld_ros.core.observation import ACTION_DIM, Float32Array, Observation
+from pld_ros.core.spatial import Pose
+from pld_ros.drivers.arm import ArmFault
+from pld_ros.profile import FrankyArm, Profile, ProfileError, load_profile
+from pld_ros.sim.franka_pick_cube import FrankaPickCubeWorld
+from pld_ros.sim.franka_pick_cube_expert import ExpertConfig, FrankaPickCubeExpert
+from pld_ros.training.rollouts import (
+    EPISODE_SUFFIX,
+    Episode,
+    Policy,
+    SimRollouts,
+    rollout_config,
+    save_episode,
+)
+
+app = typer.Typer(
+    help="Train and evaluate the simulation models (demonstrations, base policy, success classifier).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_PROFILE = "franka_pick_cube"
+DEFAULT_HOST = "127.0.0.50"
+MAX_RESTARTS = 10
+"""World restarts a command tolerates before it gives up."""
+
+ProfileOption = Annotated[str, typer.Option(help="Profile name or path; its simulated variant is used.")]
+HostOption = Annotated[str, typer.Option(help="Loopback address franky-sim binds (ports 1337, 1338).")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"pld train: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _profile(name: str) -> tuple[Profile, FrankyArm, tuple[str, ...]]:
+    try:
+        profile = load_profile(name, sim=True)
+    except ProfileError as exc:
+        raise _fail(str(exc)) from None
+    if profile.simulation is None or profile.simulation.world != "franka_pick_cube":
+        raise _fail(f"{name}: the simulated variant does not host the franka_pick_cube world")
+    arms = [arm for arm in profile.arms.values() if isinstance(arm, FrankyArm)]
+    if len(arms) != 1 or profile.policies is None:
+        raise _fail(f"{name}: expected one Franka arm and a policies section")
+    return profile, arms[0], profile.policies.base.views
+
+
+@contextmanager
+def _rollouts(
+    profile_name: str, host: str, seed: int, success_ticks: int | None = None
+) -> Iterator[SimRollouts]:
+    profile, arm, views = _profile(profile_name)
+    config = rollout_config(profile)
+    if success_ticks is not None:
+        config = replace(config, success_ticks=success_ticks)
+    assert profile.simulation is not None and profile.policies is not None
+    world = FrankaPickCubeWorld(
+        host,
+        render_width=profile.simulation.render_width,
+        render_height=profile.simulation.render_height,
+        seed=seed,
+    )
+    try:
+        world.start()
+    except OSError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        with SimRollouts(
+            world, arm, views, config, prompt=profile.policies.base.prompt, log=typer.echo
+        ) as rollouts:
+            yield rollouts
+    finally:
+        world.stop()
+
+
+def _run_episodes(
+    profile_name: str,
+    host: str,
+    seed: int,
+    seeds: list[int],
+    policy_for: Callable[[SimRollouts, int], Policy],
+    on_episode: Callable[[int, Episode], None],
+    success_ticks: int | None = None,
+    done: Callable[[], bool] = lambda: False,
+) -> None:
+    """One episode per seed until the seeds run out or ``done()``, in a world started anew when
+    the arm cannot be reset (franky-sim's arm can end up where the planner refuses every motion);
+    an episode lost that way is retried."""
+    pending = list(seeds)
+    restarts = 0
+    while pending and not done():
+        with _rollouts(profile_name, host, seed + 1000 * restarts, success_ticks) as rollouts:
+            try:
+                while pending and not done():
+                    on_episode(pending[0], rollouts.run_episode(policy_for(rollouts, pending[0]), pending[0]))
+                    pending.pop(0)
+            except ArmFault as fault:
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    raise _fail(f"giving up after {MAX_RESTARTS} world restarts: {fault}") from None
+                typer.echo(f"the arm cannot be reset ({fault}): restarting the world")
+
+
+def expert_policy(expert: FrankaPickCubeExpert) -> Policy:
+    """The expert as a policy: it reads the TCP pose and closure from the observation's proprio."""
+
+    def act(observation: Observation) -> Float32Array:
+        proprio = observation.proprio
+        values = proprio.astype(np.float64)
+        return expert.act(Pose.of(values[:3], values[3:7]), float(values[7]))
+
+    return act
+
+
+def first_action(infer: Callable[[Observation], Float32Array]) -> Policy:
+    """A chunking policy executed one action per call: the first of each chunk (chunk_horizon 1
+    in the profile; executing longer chunks is the base policy node's business)."""
+
+    def act(observation: Observation) -> Float32Array:
+        first: Float32Array = infer(observation).reshape(-1, ACTION_DIM)[0]
+        return first
+
+    return act
+
+
+@app.command("collect-demos")
+def collect_demos(
+    episodes: Annotated[int, typer.Option(min=1, help="Episodes to record.")],
+    out: Annotated[Path, typer.Option(help="Directory for the episode files (one .npz each).")],
+    translation_noise: Annotated[
+        float, typer.Option(min=0.0, help="Expert noise per tick, m (std).")
+    ] = 0.002,
+    rotation_noise: Annotated[float, typer.Option(min=0.0, help="Expert noise per tick, rad (std).")] = 0.01,
+    grasp_offset: Annotated[float, typer.Option(min=0.0, help="Per-episode grasp offset, m (std).")] = 0.004,
+    seed: Annotated[int, typer.Option(min=0, help="Episode i uses cube layout and noise seed seed + i.")] = 0,
+    success_ticks: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Consecutive success ticks that end an episode (default: the profile's debounce). "
+            "More give the success classifier more frames of a lifted cube.",
+        ),
+    ] = None,
+    profile: ProfileOption = DEFAULT_PROFILE,
+    host: HostOption = DEFAULT_HOST,
+) -> None:
+    """Record scripted-expert episodes in the simulated world (failed ones too, flagged)."""
+    config = ExpertConfig(
+        translation_noise=translation_noise, rotation_noise=rotation_noise, grasp_offset=grasp_offset
+    )
+    counts = {"done": 0, "success": 0, "fault": 0}
+    todo = [seed + i for i in range(episodes) if not _episode_path(out, seed + i).exists()]
+    if len(todo) < episodes:
+        typer.echo(f"{episodes - len(todo)} episodes already in {out}, skipped")
+
+    def policy_for(rollouts: SimRollouts, episode_seed: int) -> Policy:
+        return expert_policy(FrankaPickCubeExpert(rollouts.world.cube_pose, config, seed=episode_seed))
+
+    def store(episode_seed: int, episode: Episode) -> None:
+        counts["done"] += 1
+        outcome = "success" if episode.succeeded else "failure"
+        if episode.fault:
+            # The expert did not fail; the simulated arm did. Not a demonstration of anything.
+            counts["fault"] += 1
+            outcome = f"arm fault, not stored ({episode.fault})"
+        else:
+            save_episode(episode, _episode_path(out, episode_seed))
+            counts["success"] += episode.succeeded
+        typer.echo(
+            f"[{counts['done']}/{len(todo)}] seed {episode_seed}: {outcome} in {len(episode)} ticks; "
+            f"{counts['success']} successes, {counts['fault']} arm faults so far"
+        )
+
+    _run_episodes(profile, host, seed, todo, policy_for, store, success_ticks)
+
+
+def _episode_path(directory: Path, episode_seed: int) -> Path:
+    return directory / f"episode_{episode_seed:06d}{EPISODE_SUFFIX}"
+
+
+@app.command()
+def evaluate(
+    policy: Annotated[Path, typer.Option(help="ONNX base policy (the sim_base_policy contract).")],
+    episodes: Annotated[
+        int, typer.Option(min=1, help="Episodes to count (one cut short by an arm fault is replaced).")
+    ] = 30,
+    seed: Annotated[int, typer.Option(min=0, help="Episode i uses cube layout seed seed + i.")] = 100_000,
+    out: Annotated[Path | None, typer.Option(help="Also store the episodes here.")] = None,
+    profile: ProfileOption = DEFAULT_PROFILE,
+    host: HostOption = DEFAULT_HOST,
+) -> None:
+    """Run an ONNX base policy in the simulated world and print its success rate."""
+    from pld_ros.policies.onnx_policy import OnnxPolicy
+
+    _, _, views = _profile(profile)
+    try:
+        model = OnnxPolicy(policy, views, providers=["CPUExecutionProvider"])
+    except (OSError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    results: list[bool] = []
+    faults = 0
+
+    def score(episode_seed: int, episode: Episode) -> None:
+        nonlocal faults
+        if out is not None:
+            save_episode(episode, _episode_path(out, episode_seed))
+        if episode.fault:
+            faults += 1
+            typer.echo(f"seed {episode_seed}: arm fault, not counted ({episode.fault})")
+            return
+        results.append(episode.succeeded)
+        typer.echo(
+            f"[{len(results)}/{episodes}] seed {episode_seed}: "
+            f"{'success' if episode.succeeded else 'failure'} in {len(episode)} ticks; "
+            f"{sum(results)}/{len(results)} = {sum(results) / len(results):.0%}"
+        )
+
+    # An episode cut short by an arm fault is replaced by one more seed, up to as many again.
+    seeds = [seed + i for i in range(2 * episodes)]
+    _run_episodes(
+        profile,
+        host,
+        seed,
+        seeds,
+        lambda _r, _s: first_action(model.infer),
+        score,
+        done=lambda: len(results) >= episodes,
+    )
+    counted = len(results)
+    typer.echo(
+        f"success rate: {sum(results)}/{counted} = {sum(results) / max(counted, 1):.1%}"
+        + (f" ({faults} episodes cut short by arm faults not counted)" if faults else "")
+    )
+
+
+@app.command("sim-base-policy")
+def sim_base_policy(
+    demos: Annotated[Path, typer.Option(help="Directory of episode files from collect-demos.")],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed of initialization, shuffling and the split.")] = 0,
+    max_demos: Annotated[
+        int | None, typer.Option(min=1, help="Use only the first N successful demonstrations.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
+) -> None:
+    """Behaviour-clone the base policy on successful demonstrations and export it to ONNX."""
+    from pld_ros.training.sim_base_policy import BasePolicyConfig, train_base_policy
+
+    config = BasePolicyConfig(seed=seed)
+    if max_demos is not None:
+        config = config.with_updates(max_demos=max_demos)
+    if epochs is not None:
+        config = config.with_updates(epochs=epochs)
+    try:
+        train_base_policy(demos, out, config, log=typer.echo)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("sim-classifier")
+def sim_classifier(
+    demos: Annotated[
+        list[Path], typer.Option(help="Directory of episode files (expert or policy rollouts); repeatable.")
+    ],
+    out: Annotated[Path, typer.Option(help="ONNX file to write.")],
+    seed: Annotated[int, typer.Option(min=0, help="Seed of initialization, shuffling and the split.")] = 0,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
+) -> None:
+    """Train the success classifier on privileged labels, report held-out precision / recall, export."""
+    from pld_ros.training.sim_success_classifier import ClassifierTrainingConfig, train_success_classifier
+
+    config = ClassifierTrainingConfig(seed=seed)
+    if epochs is not None:
+        config = config.with_updates(epochs=epochs)
+    try:
+        train_success_classifier(demos, out, config, log=typer.echo)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,365 @@
+"""Episodes in the simulated franka_pick_cube world without ROS: to collect demonstrations and to
+evaluate a policy.
+
+The loop drives the arm the way the robot graph does: franky-sim's arm through
+:class:`~pld_ros.drivers.franky_arm.FrankyBackend` and :class:`~pld_ros.core.arm_controller.ArmController`
+(the profile's safety limits, the arm driver's code path), at the profile's control rate in
+simulated time (:class:`SimulatedRate`: a loaded machine slows the episode down instead of
+changing what a tick means). Each tick it reads the arm, renders the policy's views, asks the
+policy for an action and records ``(views, proprio, action, success)``. As in the graph, where
+the arm driver applies a command at its next tick, the action computed from the observation of
+tick ``t`` is applied at tick ``t + 1``.
+
+Between episodes the arm opens its hand, holds, returns to the profile's home joints (blocking)
+and the cube is put back at a random layout. An episode ends after ``max_steps`` ticks or once the
+privileged success signal has held for ``success_ticks`` consecutive ticks.
+
+Episodes are stored one ``.npz`` per episode (see :func:`save_episode`), written to a temporary
+name and renamed, so a killed collection never leaves half an episode behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from pld_ros.core.arm_controller import ArmController, ArmMode
+from pld_ros.core.observation import (
+    ACTION_DIM,
+    PROPRIO_DIM,
+    Float32Array,
+    Observation,
+    hold_action,
+    proprio_vector,
+)
+from pld_ros.core.rate import RateKeeper
+from pld_ros.core.safety import DeltaCommand
+from pld_ros.drivers.arm import ArmFault, ArmState
+from pld_ros.drivers.franky_arm import FrankyBackend
+from pld_ros.profile import FrankyArm, Profile
+from pld_ros.sim.franka_pick_cube import FrankaPickCubeWorld
+
+Policy = Callable[[Observation], npt.ArrayLike]
+"""One action (ACTION_DIM) from one observation."""
+
+EPISODE_SUFFIX = ".npz"
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One recorded episode; T ticks, V views in ``view_names`` order."""
+
+    views: npt.NDArray[np.uint8]
+    """T x V x H x W x 3 policy views."""
+    proprio: Float32Array
+    """T x PROPRIO_DIM measured proprioception."""
+    actions: Float32Array
+    """T x ACTION_DIM: the action computed from that tick's observation (applied the next tick)."""
+    success: npt.NDArray[np.bool_]
+    """T: the privileged success signal at that tick."""
+    view_names: tuple[str, ...]
+    seed: int
+    """Seed of the cube layout."""
+    succeeded: bool
+    """The success signal held for the required number of consecutive ticks."""
+    fault: str = ""
+    """Why the episode was cut short by a robot error (e.g. franky's motion planner failing on a
+    loaded machine); empty when it ran its course. Such an episode says nothing about the policy."""
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def save_episode(episode: Episode, path: Path) -> Path:
+    """Write ``episode`` to ``path`` (.npz, compressed) atomically: a temporary file in the same
+    directory, renamed when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            np.savez_compressed(
+                out,
+                views=episode.views,
+                proprio=episode.proprio,
+                actions=episode.actions,
+                success=episode.success,
+                view_names=np.array(episode.view_names),
+                seed=np.int64(episode.seed),
+                succeeded=np.bool_(episode.succeeded),
+                fault=np.str_(episode.fault),
+            )
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return path
+
+
+def load_episode(path: Path) -> Episode:
+    """Read an episode written by :func:`save_episode`; raise ValueError for a malformed file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            episode = Episode(
+                views=data["views"],
+                proprio=data["proprio"].astype(np.float32),
+                actions=data["actions"].astype(np.float32),
+                success=data["success"].astype(bool),
+                view_names=tuple(str(name) for name in data["view_names"]),
+                seed=int(data["seed"]),
+                succeeded=bool(data["succeeded"]),
+                fault=str(data["fault"]) if "fault" in data else "",
+            )
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: not an episode file: {exc}") from exc
+    steps = len(episode.actions)
+    if (
+        episode.views.ndim != 5
+        or episode.views.shape[:2] != (steps, len(episode.view_names))
+        or episode.proprio.shape != (steps, PROPRIO_DIM)
+        or episode.actions.shape != (steps, ACTION_DIM)
+        or episode.success.shape != (steps,)
+    ):
+        raise ValueError(f"{path}: inconsistent episode arrays")
+    return episode
+
+
+def episode_files(directory: Path) -> list[Path]:
+    """The complete episode files of a directory, in name order (temporary files are skipped)."""
+    return sorted(p for p in directory.glob(f"*{EPISODE_SUFFIX}") if not p.name.startswith("."))
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    """How episodes run."""
+
+    max_steps: int = 200
+    """Ticks per episode at most (the profile's ``supervisor.max_episode_steps``)."""
+    success_ticks: int = 3
+    """Consecutive ticks of privileged success that end an episode as a success (the profile's
+    lift stage debounces 3 frames)."""
+    control_rate: float = 20.0
+    """Hz of the policy loop (the profile's ``supervisor.control_rate``)."""
+    open_timeout: float = 2.0
+    """s to wait for the hand to open at a reset."""
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0 or self.success_ticks <= 0 or self.control_rate <= 0.0:
+            raise ValueError("max_steps, success_ticks and control_rate must be positive")
+
+
+def rollout_config(profile: Profile) -> RolloutConfig:
+    """The rollout settings a profile implies."""
+    return RolloutConfig(
+        max_steps=profile.supervisor.max_episode_steps,
+        control_rate=profile.supervisor.control_rate,
+        success_ticks=profile.reward.stages[0].debounce_frames if profile.reward else 3,
+    )
+
+
+class SimRollouts:
+    """Runs episodes in a started :class:`FrankaPickCubeWorld` through the robot's arm control path.
+
+    ``arm``: the profile's Franka arm (its host is replaced by the world's); ``views``: camera
+    names rendered per tick, in the policy's order. The world's render size is the view size.
+    The arm connects on the first episode; call :meth:`close` (or use ``with``) to let it go.
+    """
+
+    def __init__(
+        self,
+        world: FrankaPickCubeWorld,
+        arm: FrankyArm,
+        views: Sequence[str],
+        config: RolloutConfig | None = None,
+        *,
+        prompt: str = "",
+        log: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        if not views:
+            raise ValueError("at least one view is needed")
+        self.world = world
+        self.arm = arm.model_copy(update={"host": world.host})
+        self.views = tuple(views)
+        self.config = config or RolloutConfig()
+        self.prompt = prompt
+        self._log = log
+        self.controller = ArmController(FrankyBackend(self.arm), self.arm.safety)
+        self._connected = False
+
+    def __enter__(self) -> SimRollouts:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.controller.close()
+
+    # ---- arm ---------------------------------------------------------------------------------
+
+    def _tick(self, command: DeltaCommand | None) -> ArmState:
+        """One controller tick; raise ArmFault on a robot error or a lost connection (the
+        controller has already recovered from the error when it can)."""
+        errors = self.controller.counters["robot_errors"]
+        report = self.controller.tick(command, time.monotonic())
+        for event in report.events:
+            self._log(f"arm: {event}")
+        if report.state is None or report.mode in (ArmMode.DISCONNECTED, ArmMode.ERROR):
+            raise ArmFault(f"arm is {report.mode.name.lower()}: {report.error}", connection_lost=True)
+        if self.controller.counters["robot_errors"] != errors:
+            raise ArmFault(f"robot error: {' '.join(report.events)}", connection_lost=False)
+        return report.state
+
+    def _connect(self) -> None:
+        if self._connected:
+            return
+        deadline = time.monotonic() + 10.0
+        while True:
+            try:
+                self._tick(None)
+                break
+            except ArmFault:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        # libfranka raises the thread that connects to SCHED_FIFO 99 when it may; this loop
+        # renders and runs models for minutes and must not starve the physics thread or the machine.
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        self._connected = True
+
+    def reset(self, seed: int | None) -> None:
+        """Open the hand, return to the home joints and put the cube at a new random layout."""
+        self._connect()
+        rate = RateKeeper(self.config.control_rate)
+        deadline = time.monotonic() + self.config.open_timeout
+        for attempt in range(3):
+            try:
+                while time.monotonic() < deadline:
+                    rate.wait()
+                    if self._tick(_command(hold_action(0.0))).gripper_closure < 0.02:
+                        break
+                # Stop commanding until the controller holds, so that the next command restarts
+                # the target from the measured pose (after the joint motion), not the old target.
+                for _ in range(self.arm.safety.command_timeout_ticks + 1):
+                    rate.wait()
+                    self._tick(None)
+                self.controller.backend.move_joints(self.arm.home_joints)
+                break
+            except ArmFault as fault:
+                # On a loaded machine franky's planner now and then rejects its start state; the
+                # controller recovers from the error on its next tick. The motion has not
+                # happened: retry. Repeated failures need a fresh world (the caller's business).
+                self._log(f"reset: {fault}; retrying")
+                if attempt == 2:
+                    raise
+        self.world.reset_scene(randomize=True, seed=seed)
+
+    # ---- episodes ----------------------------------------------------------------------------
+
+    def observe(self, state: ArmState, now: float) -> Observation:
+        """The observation of this tick: fresh renders of every view and the measured proprio."""
+        views = {name: self.world.render(name) for name in self.views}
+        return Observation(views, proprio_vector(state.ee_pose, state.gripper_closure), self.prompt, now)
+
+    def run_episode(self, policy: Policy, seed: int | None = None) -> Episode:
+        """Reset, then run ``policy`` once per tick until success or ``max_steps``."""
+        self.reset(seed)
+        cfg = self.config
+        rate = SimulatedRate(self.world, cfg.control_rate)
+        frames: list[npt.NDArray[np.uint8]] = []
+        proprio: list[Float32Array] = []
+        actions: list[Float32Array] = []
+        success: list[bool] = []
+        pending: DeltaCommand | None = None
+        streak = 0
+        fault = ""
+        for _ in range(cfg.max_steps):
+            now = rate.wait()
+            try:
+                state = self._tick(pending)
+            except ArmFault as error:
+                # A robot error mid-episode (franky-sim's arm goes limp until recovered): the rest
+                # of the episode would not show what the policy does.
+                fault = str(error)
+                self._log(f"episode cut short: {fault}")
+                break
+            observation = self.observe(state, now)
+            action = np.asarray(policy(observation), dtype=np.float32).reshape(-1)
+            if action.shape != (ACTION_DIM,):
+                raise ValueError(f"the policy answered {action.shape[0]} values, expected {ACTION_DIM}")
+            lifted = self.world.privileged_success()
+            frames.append(observation.stacked_views(self.views))
+            proprio.append(observation.proprio)
+            actions.append(action)
+            success.append(lifted)
+            pending = _command(action)
+            streak = streak + 1 if lifted else 0
+            if streak >= cfg.success_ticks:
+                break
+        if not frames:
+            raise ArmFault(f"the episode ended before its first tick: {fault}", connection_lost=False)
+        return Episode(
+            views=np.stack(frames),
+            proprio=np.stack(proprio),
+            actions=np.stack(actions),
+            success=np.array(success, dtype=bool),
+            view_names=self.views,
+            seed=-1 if seed is None else seed,
+            succeeded=streak >= cfg.success_ticks,
+            fault=fault,
+        )
+
+
+class SimulatedRate:
+    """Ticks every ``1 / rate_hz`` seconds of *simulated* time.
+
+    When the machine cannot keep the physics at its pace (other processes, this loop's renders
+    and models), the arm moves less per wall-clock second; ticking on wall-clock time would then
+    give the policy less motion per tick than at real time, and the integrated targets run ahead
+    of the arm (the safety filter bounds that lead for translation only). Ticking on simulated
+    time keeps every tick what it is on a machine that keeps up, so that collected data and
+    success rates do not depend on the load.
+    """
+
+    def __init__(self, world: FrankaPickCubeWorld, rate_hz: float, *, poll: float = 0.002) -> None:
+        if rate_hz <= 0.0:
+            raise ValueError(f"rate must be positive, got {rate_hz}")
+        self.period = 1.0 / rate_hz
+        self._world = world
+        self._poll = poll
+        self._elapsed: float | None = None  # simulated s since the last tick
+        self._mark = 0.0  # wall-clock time the simulated time was last measured
+
+    def wait(self) -> float:
+        """Sleep until a period of simulated time has passed since the last tick; return the
+        wall-clock time (monotonic) of this tick."""
+        if self._elapsed is None:
+            self._world.real_time_factor()  # starts the measurement window
+            self._mark, self._elapsed = time.monotonic(), 0.0
+            return self._mark
+        while True:
+            if not self._world.physics_alive:
+                raise RuntimeError("the simulated world's physics thread has died")
+            now = time.monotonic()
+            # Simulated seconds since the last measurement: its pace times the wall-clock time.
+            self._elapsed += self._world.real_time_factor() * (now - self._mark)
+            self._mark = now
+            if self._elapsed >= self.period:
+                break
+            time.sleep(max(self._poll, (self.period - self._elapsed) / self._world.target_real_time_factor))
+        # A stall (a slow policy call) is not made up for by ticking faster afterwards.
+        self._elapsed = min(self._elapsed - self.period, 0.5 * self.period)
+        return self._mark
+
+
+def _command(action: Float32Array) -> DeltaCommand:
+    values = np.asarray(action, dtype=np.float64)
+    return DeltaCommand(values[:3].copy(), values[3:6].copy(), float(values[6]))

@@ -1,0 +1,142 @@
+"""`pld demo` (cli.py) end to end: the whole simulated franka_pick_cube graph runs episodes alone.
+
+Every node is a real process: franky-sim and the rendered world, the arm driver, the base policy
+(the shipped ONNX policy), the residual policy, the reward classifier and the supervisor, talking
+over DDS. No fake anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from pld_ros.core.episode_log import EpisodeRecord, read_episodes
+from pld_ros.core.observation import ACTION_DIM
+from tests.conftest import CONFIG_DIR
+from tests.openpi_server import OpenpiTestServer
+from tests.processes import Watched
+
+PLD = (sys.executable, "-m", "pld_ros.cli")
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+
+def demo_profile(tmp_path: Path, host: str, **sections: dict[str, object]) -> Path:
+    """The shipped simulated profile with franky-sim on ``host``, short episodes and a probe that
+    ends early, writing its runs under ``tmp_path``."""
+    overlay: dict[str, object] = {
+        "extends": str(CONFIG_DIR / "franka_pick_cube_sim.yaml"),
+        "arms": {"arm": {"host": host}},
+        "policies": {"residual": {"max_probe_steps": 10}},
+        "supervisor": {
+            "max_episode_steps": 60,
+            "warmup_episodes": 1,
+            "settle_time": 0.2,
+            "run_directory": str(tmp_path / "runs"),
+        },
+        **sections,
+    }
+    path = tmp_path / "demo_sim.yaml"
+    path.write_text(yaml.safe_dump(overlay))
+    return path
+
+
+def run_demo(profile: Path, episodes: int, timeout: float) -> tuple[str, list[EpisodeRecord], Path]:
+    run = Watched([*PLD, "demo", str(profile), "--episodes", str(episodes)])
+    try:
+        code = run.wait_exit(timeout=timeout)
+    finally:
+        run.kill()
+    assert code == 0, run.output[-4000:]
+    [run_dir] = (profile.parent / "runs").iterdir()
+    return run.output, read_episodes(run_dir), run_dir
+
+
+def test_demo_runs_episodes_unattended_and_summarizes_them(tmp_path: Path) -> None:
+    output, records, run_dir = run_demo(demo_profile(tmp_path, "127.0.0.51"), episodes=3, timeout=240)
+    assert [r.outcome for r in records if r.outcome == "aborted"] == [], records
+    assert len(records) == 3
+    assert records[0].mode == "base_only"  # the warm-up episode
+    assert {r.mode for r in records[1:]} == {"probe_takeover"}
+    # Probing then takeover, visible in the log, at the k the supervisor drew.
+    # (A tick whose base action is a hold stays with the base policy, so the takeover can come a
+    # step or two after k.)
+    takeovers = 0
+    for record in records[1:]:
+        episode, k = record.episode_id, record.probe_steps
+        assert f"episode {episode} started: mode probe_takeover, k={k}" in output
+        switch = re.search(rf"episode {episode}: probe -> takeover at step (\d+) \(k={k}\)", output)
+        if switch is not None:
+            assert int(switch.group(1)) >= k
+            takeovers += 1
+    assert takeovers >= 1, output[-6000:]
+    assert "success rate" in output
+    assert (run_dir / "outcomes.png").stat().st_size > 0
+
+
+def test_demo_with_the_onnx_success_classifier(tmp_path: Path) -> None:
+    classifier = CONFIG_DIR / "models" / "franka_pick_cube_reward.onnx"
+    profile = demo_profile(
+        tmp_path,
+        "127.0.0.52",
+        reward={"backend": "onnx", "path": str(classifier)},
+    )
+    output, records, _ = run_demo(profile, episodes=2, timeout=200)
+    assert len(records) == 2
+    assert all(r.outcome in ("success", "failure") for r in records), records
+    assert "reward_classifier" in output
+
+
+def hold_chunk(_request: dict[str, Any], _number: int) -> np.ndarray:
+    """A chunk that keeps the arm where it is, gripper open."""
+    return np.zeros((4, ACTION_DIM), dtype=np.float32)
+
+
+def test_a_policy_server_that_dies_mid_episode_aborts_it_and_the_run_recovers(tmp_path: Path) -> None:
+    """The base policy is an openpi server (tests/openpi_server.py: a chunk generator, as no VLA
+    can run here) that is stopped in the middle of an episode and started again."""
+    server = OpenpiTestServer(latency=0.05, chunks=hold_chunk).start()
+    profile = demo_profile(
+        tmp_path,
+        "127.0.0.53",
+        policies={
+            "base": {
+                "backend": "openpi",
+                "uri": server.uri,
+                "path": None,
+                "chunk_horizon": 4,
+                "execute_steps": 2,
+                "timeout": 0.5,
+            },
+            "residual": {"max_probe_steps": 10},
+        },
+    )
+    run = Watched([*PLD, "demo", str(profile), "--episodes", "3"])
+    try:
+        run.wait_for(r"episode 2 started", timeout=120)
+        time.sleep(0.5)
+        server.stop()
+        aborted = run.wait_for(r"episode (\d+) ended: ABORTED \((base policy[^)]*)\)", timeout=30)
+        time.sleep(1.0)
+        server.start()
+        code = run.wait_exit(timeout=120)
+    finally:
+        run.kill()
+        server.stop()
+    assert code == 0, run.output[-4000:]
+    [run_dir] = (profile.parent / "runs").iterdir()
+    records = read_episodes(run_dir)
+    by_id = {r.episode_id: r for r in records}
+    assert by_id[int(aborted.group(1))].outcome == "aborted"
+    assert "base policy" in by_id[int(aborted.group(1))].reason
+    # The run went on once the server was back: three episodes that count, after the aborted ones.
+    counted = [r for r in records if r.outcome != "aborted"]
+    assert len(counted) == 3
+    assert counted[-1].episode_id > int(aborted.group(1))
