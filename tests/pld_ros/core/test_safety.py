@@ -81,6 +81,17 @@ def test_target_lead_over_a_blocked_arm_is_bounded() -> None:
     assert f.counters[safety.LAG_CLIPPED] > 0
 
 
+def test_target_rotation_lead_over_an_arm_that_does_not_turn_is_bounded() -> None:
+    f = fresh()
+    for _ in range(50):
+        out = f.step(move(rot=(0.0, 0.0, 0.1)), HOME)  # the arm never turns
+    assert rotation_angle_between(out.target.orientation, HOME.orientation) == pytest.approx(0.5)
+    assert f.counters[safety.LAG_CLIPPED] > 0
+    # Still turning the commanded way, about the vertical axis.
+    _, turn = HOME.delta_to(out.target)
+    np.testing.assert_allclose(turn, [0.0, 0.0, 0.5], atol=1e-9)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_commands_are_rejected(bad: float) -> None:
     for command in (move(dx=bad), move(rot=(0, bad, 0)), move(g=bad)):

@@ -92,13 +92,14 @@ class SafetyFilter:
     """Stateful per-arm filter; call :meth:`reset` with the measured pose before the first tick."""
 
     def __init__(self, limits: SafetyLimits, *, max_target_lag_steps: float = 5.0) -> None:
-        """``max_target_lag_steps``: how far the target may lead the measured position, in
-        translation step limits (5 steps: 0.1 m at the default 0.02 m)."""
+        """``max_target_lag_steps``: how far the target may lead the measured pose, in step
+        limits (5 steps: 0.1 m and 0.5 rad at the default 0.02 m and 0.1 rad)."""
         self.limits = limits
         self.counters: Counter[str] = Counter()
         self._low = np.asarray(limits.workspace_min, dtype=np.float64)
         self._high = np.asarray(limits.workspace_max, dtype=np.float64)
         self._max_lag = max_target_lag_steps * limits.max_translation_step
+        self._max_rotation_lag = max_target_lag_steps * limits.max_rotation_step
         self._target: Pose | None = None
         self._gripper = limits.gripper_min
         self._idle_ticks = 0
@@ -172,7 +173,13 @@ class SafetyFilter:
         self.counters[LAG_CLIPPED] += clipped
         # Re-clip: the lag limit pulls toward the measured pose, which may itself be outside.
         position = np.clip(measured.position + lead, self._low, self._high)
-        self._target = Pose(position, moved.orientation)
+        # Rotation too: an arm that turns slower than commanded must not let the target wind up
+        # (it would swing through the accumulated angle once free, and oscillate).
+        _, turn = measured.delta_to(moved)
+        turn, clipped = clip_norm(turn, self._max_rotation_lag)
+        self.counters[LAG_CLIPPED] += clipped
+        orientation = measured.moved(np.zeros(3), turn).orientation if clipped else moved.orientation
+        self._target = Pose(position, orientation)
 
         gripper = float(np.clip(command.gripper, self.limits.gripper_min, self.limits.gripper_max))
         self.counters[GRIPPER_CLIPPED] += gripper != command.gripper
