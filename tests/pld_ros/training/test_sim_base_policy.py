@@ -21,7 +21,6 @@ from pld_ros.training.sim_base_policy import (
     evaluate_loss,
     export_onnx,
     fit,
-    proprio_features,
     random_shift,
 )
 
@@ -73,13 +72,6 @@ def test_chunks_repeat_the_last_action_past_the_end() -> None:
     chunks = episode_frames([episode], 2).chunks
     np.testing.assert_array_equal(chunks[0], episode.actions[[0, 1]])
     np.testing.assert_array_equal(chunks[2], episode.actions[[2, 2]])
-
-
-def test_proprio_features_ignore_the_quaternion_sign() -> None:
-    proprio = torch.tensor([[0.4, 0.1, 0.2, 0.92, 0.38, 0.02, 0.01, 0.5]])
-    flipped = proprio.clone()
-    flipped[:, 3:7] *= -1
-    torch.testing.assert_close(proprio_features(proprio), proprio_features(flipped))
 
 
 def test_random_shift_keeps_shape_and_content_range() -> None:

@@ -2,10 +2,10 @@
 
 Inputs (conventions of :mod:`pld_ros.core.observation`): the policy views ``uint8 [B, V, H, W, 3]``,
 the proprioception ``[B, 8]`` and the base action ``[B, 7]``. Each view goes through one shared
-ResNet-10 (:mod:`pld_ros.models.resnet10`); the embeddings, the proprioception and the base action
-are concatenated and go through ``num_layers`` blocks of Linear -> LayerNorm -> tanh of
-``hidden_dim`` units, then two linear heads give the mean and log standard deviation of a Gaussian
-over 7 pre-tanh dimensions.
+ResNet-10 (:mod:`pld_ros.models.resnet10`); the embeddings, the proprioception's features
+(:mod:`pld_ros.models.proprio`) and the base action are concatenated and go through
+``num_layers`` blocks of Linear -> LayerNorm -> tanh of ``hidden_dim`` units, then two linear heads
+give the mean and log standard deviation of a Gaussian over 7 pre-tanh dimensions.
 
 The residual ``r = tanh(u)`` lies in ``[-1, 1]^7``: normalized units, as in PLD, where actions are
 normalized to ``[-1, 1]``. :attr:`ResidualActorConfig.residual_scale` maps them back to the action's
@@ -33,7 +33,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pld_ros.core.observation import ACTION_DIM, PROPRIO_DIM
+from pld_ros.core.observation import ACTION_DIM
+from pld_ros.models.proprio import PROPRIO_FEATURE_DIM, proprio_features
 from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder, tuples
 
 DEFAULT_RESIDUAL_SCALE: tuple[float, ...] = (0.02, 0.02, 0.02, 0.1, 0.1, 0.1, 1.0)
@@ -110,7 +111,7 @@ class ResidualActor(nn.Module):
         super().__init__()
         self.config = config or ResidualActorConfig()
         self.encoder = ResNet10Encoder(self.config.encoder)
-        in_dim = self.config.num_views * self.config.encoder.embedding_dim + PROPRIO_DIM + ACTION_DIM
+        in_dim = self.config.num_views * self.config.encoder.embedding_dim + PROPRIO_FEATURE_DIM + ACTION_DIM
         self.trunk = mlp(in_dim, self.config.hidden_dim, self.config.num_layers)
         self.mean = nn.Linear(self.config.hidden_dim, ACTION_DIM)
         self.log_std = nn.Linear(self.config.hidden_dim, ACTION_DIM)
@@ -127,7 +128,9 @@ class ResidualActor(nn.Module):
 
         ``images`` uint8 ``[B, V, H, W, 3]``, ``proprio`` ``[B, 8]``, ``base_action`` ``[B, 7]``.
         """
-        features = torch.cat([self.encoder.encode_views(images), proprio, base_action], dim=-1)
+        features = torch.cat(
+            [self.encoder.encode_views(images), proprio_features(proprio), base_action], dim=-1
+        )
         hidden = self.trunk(features)
         log_std = self.log_std(hidden).clamp(self.config.log_std_min, self.config.log_std_max)
         mean: torch.Tensor = self.mean(hidden)

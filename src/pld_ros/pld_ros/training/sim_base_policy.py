@@ -41,13 +41,11 @@ from torch import nn
 from torch.nn import functional
 
 from pld_ros.core.observation import ACTION_DIM, PROPRIO_DIM, Float32Array
+from pld_ros.models.proprio import PROPRIO_FEATURE_DIM, proprio_features
 from pld_ros.models.residual_actor import mlp
 from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder
 from pld_ros.policies.onnx_policy import ACTIONS, IMAGES, PROPRIO
 from pld_ros.training.rollouts import Episode, episode_files, load_episode
-
-FEATURE_DIM = 10
-"""Proprioceptive features: position (3), rotation matrix x and y columns (6), gripper closure (1)."""
 
 
 @dataclass(frozen=True)
@@ -111,26 +109,6 @@ class BasePolicyConfig:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def proprio_features(proprio: torch.Tensor) -> torch.Tensor:
-    """``[B, 8]`` proprio -> ``[B, FEATURE_DIM]``: position, rotation matrix x and y columns, closure.
-
-    Quadratic in the quaternion, so both signs of one rotation give the same features.
-    """
-    x, y, z, w = proprio[:, 3], proprio[:, 4], proprio[:, 5], proprio[:, 6]
-    columns = torch.stack(
-        [
-            1 - 2 * (y * y + z * z),
-            2 * (x * y + z * w),
-            2 * (x * z - y * w),
-            2 * (x * y - z * w),
-            1 - 2 * (x * x + z * z),
-            2 * (y * z + x * w),
-        ],
-        dim=1,
-    )
-    return torch.cat([proprio[:, :3], columns, proprio[:, 7:8]], dim=1)
-
-
 class SimBasePolicy(nn.Module):
     """uint8 images ``[B, V, H, W, 3]`` and proprio ``[B, 8]`` -> actions ``[B, H, 7]``."""
 
@@ -143,12 +121,12 @@ class SimBasePolicy(nn.Module):
         super().__init__()
         self.config = config or BasePolicyConfig()
         self.encoder = ResNet10Encoder(self.config.encoder)
-        in_dim = len(self.config.views) * self.config.encoder.embedding_dim + FEATURE_DIM
+        in_dim = len(self.config.views) * self.config.encoder.embedding_dim + PROPRIO_FEATURE_DIM
         self.trunk = mlp(in_dim, self.config.hidden_dim, self.config.num_layers)
         self.head = nn.Linear(self.config.hidden_dim, self.config.chunk_horizon * ACTION_DIM)
         # Data statistics, set by set_statistics before training and exported with the weights.
-        self.register_buffer("feature_mean", torch.zeros(FEATURE_DIM))
-        self.register_buffer("feature_std", torch.ones(FEATURE_DIM))
+        self.register_buffer("feature_mean", torch.zeros(PROPRIO_FEATURE_DIM))
+        self.register_buffer("feature_std", torch.ones(PROPRIO_FEATURE_DIM))
         self.register_buffer("action_mean", torch.zeros(ACTION_DIM))
         self.register_buffer("action_std", torch.ones(ACTION_DIM))
 
