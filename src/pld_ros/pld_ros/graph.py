@@ -74,7 +74,7 @@ def _episode_layer(
             )
         )
     if profile.policies is not None and profile.reward is not None:
-        supervisor: dict[str, ParameterValue] = dict(profile_parameter)
+        supervisor: dict[str, ParameterValue] = {**profile_parameter, "requires": ["/residual_policy"]}
         if episodes is not None:
             supervisor["episodes"] = episodes
         nodes.append(

@@ -196,6 +196,9 @@ class TickInput:
     stale_cameras: tuple[str, ...] = ()
     scene_reset_busy: bool = False
     """A scene reset call is still in flight."""
+    not_ready: str = ""
+    """Why the policy side cannot run an episode yet (a node not up), "" when it can. Only
+    consulted between episodes: within one, silence is a fault of its own."""
 
 
 @dataclass(frozen=True)
@@ -467,7 +470,7 @@ class EpisodeSupervisor:
             if self._paused
             else f"e-stop: {self._estop}"
             if self._estop is not None
-            else fault or ("no arm pose yet" if self._home is None else "")
+            else fault or tick.not_ready or ("no arm pose yet" if self._home is None else "")
         )
         if waiting:
             if waiting != self._waiting:

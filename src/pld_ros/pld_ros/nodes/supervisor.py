@@ -23,9 +23,10 @@ from rclpy.action.server import ActionServer, CancelResponse, GoalResponse, Serv
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.client import Client
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 
 from pld_msgs.action import RunEpisodes
@@ -68,6 +69,7 @@ from pld_ros.core.episode_log import (
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.spatial import Pose
 from pld_ros.core.stage_machine import StageUpdate
+from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, pose_of
 from pld_ros.nodes.runner import NodeConfigError, run_node
@@ -79,6 +81,8 @@ EVENTS_QOS = QoSProfile(
 """A node that joins late (the recorder, a dashboard) still gets the recent episode events."""
 ESTOP_TOPIC = "/pld/estop"
 """Every arm driver latches its e-stop when true arrives here."""
+HEARTBEAT_WINDOW = 2.0
+"""s: a required node whose last heartbeat is older is not up (nodes beat at 2 Hz)."""
 DIAGNOSTICS_PERIOD = 1.0
 """s between two /diagnostics reports."""
 
@@ -102,6 +106,10 @@ class SupervisorNode(Node):
         super().__init__("supervisor")
         path = str(self.declare_parameter("profile", "").value)
         episodes = int(self.declare_parameter("episodes", -1).value)
+        # Nodes (fully qualified names) whose heartbeat must be seen before an episode starts: the
+        # residual policy commands only within episodes, so nothing else shows it is up.
+        requires: list[str] | None = self.declare_parameter("requires", Parameter.Type.STRING_ARRAY).value
+        self._required = [str(name) for name in requires or ()]
         if not path:
             raise NodeConfigError("parameter 'profile' (path of the profile YAML) is required")
         try:
@@ -130,6 +138,9 @@ class SupervisorNode(Node):
         self._command: SeenCommand | None = None
         self._scores: tuple[float, ...] | None = None
         self._base_fresh_at: float | None = None
+        # When each input of an episode was last seen (any base action, a hold included).
+        self._seen: dict[str, float] = {}
+        self._ready_window = profile.policies.base.timeout
         self._scene_future: Future | None = None
         self._last_status: Status | None = None
 
@@ -143,6 +154,7 @@ class SupervisorNode(Node):
         self.create_subscription(DeltaPoseCommand, f"{arm}/command", self._on_command, 10)
         self.create_subscription(SuccessScores, "reward/scores", self._on_scores, 10)
         self.create_subscription(BaseAction, "policy/base/action", self._on_base_action, 10)
+        self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10)
         self._command_pub = self.create_publisher(DeltaPoseCommand, f"{arm}/command", 10)
         self._events_pub = self.create_publisher(EpisodeEvent, "episode/events", EVENTS_QOS)
         self._status_pub = self.create_publisher(EpisodeStatus, "episode/status", 10)
@@ -204,10 +216,26 @@ class SupervisorNode(Node):
 
     def _on_scores(self, msg: SuccessScores) -> None:
         self._scores = tuple(float(p) for p in msg.probabilities)
+        self._seen["success scores"] = self._now()
 
     def _on_base_action(self, msg: BaseAction) -> None:
+        now = self._now()
+        self._seen["base actions"] = now
         if msg.fresh:
-            self._base_fresh_at = self._now()
+            self._base_fresh_at = now
+
+    def _on_heartbeat(self, msg: Header) -> None:
+        if msg.frame_id in self._required:
+            self._seen[msg.frame_id] = self._now()
+
+    def _not_ready(self, now: float) -> str:
+        """Which inputs of an episode are missing; an episode starts only when none is."""
+        missing = [
+            what
+            for what in ("base actions", "success scores", *self._required)
+            if now - self._seen.get(what, -math.inf) > max(self._ready_window, HEARTBEAT_WINDOW)
+        ]
+        return f"no {', '.join(missing)} yet" if missing else ""
 
     def _stale_cameras(self, now: float) -> tuple[str, ...]:
         stale: list[str] = []
@@ -238,6 +266,7 @@ class SupervisorNode(Node):
             base_fresh_at=self._base_fresh_at,
             stale_cameras=self._stale_cameras(now),
             scene_reset_busy=scene_busy,
+            not_ready=self._not_ready(now),
         )
         self._command = None
         self._scores = None
