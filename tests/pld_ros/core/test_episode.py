@@ -349,6 +349,19 @@ def test_a_reset_that_takes_too_long_is_aborted_and_retried() -> None:
     assert out.status.phase is Phase.RESETTING and out.status.episode_id == 2
 
 
+def test_resets_that_keep_failing_stop_the_run_with_the_reason() -> None:
+    harness = Harness(settings(reset_timeout=1.0, max_reset_failures=2))
+    harness.supervisor.start()
+    harness.tick()
+    harness.mode = ArmMode.MOVING
+    harness._move = lambda out: None  # type: ignore[method-assign]
+    out = harness.run_until(lambda out: out.run_result is not None)
+    assert out.run_result is not None
+    assert out.run_result.reason.startswith("2 resets in a row failed, the last: reset took longer")
+    assert [r.outcome for r in harness.records] == ["aborted", "aborted"]
+    assert not harness.supervisor.running
+
+
 def test_pause_waits_for_the_episode_to_end_and_resume_goes_on() -> None:
     harness = Harness(settings(max_episode_steps=10))
     harness.supervisor.start()

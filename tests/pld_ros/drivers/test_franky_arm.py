@@ -16,7 +16,7 @@ from pld_ros.core import safety
 from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
 from pld_ros.core.rate import RateKeeper
 from pld_ros.core.safety import DeltaCommand
-from pld_ros.drivers.franky_arm import FrankyBackend
+from pld_ros.drivers.franky_arm import FrankyBackend, hand_request
 from pld_ros.profile import FrankyArm, SafetyLimits
 from tests.franky_sim import start_franky_sim
 from tests.processes import Watched
@@ -205,3 +205,22 @@ def test_losing_the_robot_while_the_hand_moves_never_freezes_the_driver(sim: Wat
         assert time.monotonic() - start < 5.0
     finally:
         ctrl.close()
+
+
+@pytest.mark.parametrize(
+    ("closure", "closed", "measured", "busy", "expected"),
+    [
+        (1.0, None, 0.0, False, True),  # the first close is sent
+        (0.0, True, 1.0, True, False),  # a change is sent even while a command runs
+        (0.5, True, 0.4, False, None),  # between the thresholds: keep what was asked
+        (0.0, False, 1.0, True, None),  # the open command is still running
+        (0.0, False, 1.0, False, False),  # idle and still closed: the open command failed, resend
+        (0.0, False, 0.05, False, None),  # open enough
+        (1.0, True, 0.4, False, None),  # closed on an object: holding, not a miss
+        (1.0, True, 0.0, False, True),  # idle and still wide open: the grasp failed, resend
+    ],
+)
+def test_a_hand_command_that_did_not_happen_is_sent_again(
+    closure: float, closed: bool | None, measured: float, busy: bool, expected: bool | None
+) -> None:
+    assert hand_request(closure, closed, measured, busy) is expected

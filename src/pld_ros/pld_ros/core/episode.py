@@ -124,6 +124,8 @@ class EpisodeSettings:
     max_missing_ticks: int = 10
     """Ticks an episode may go without a command or without scores before it is aborted (the
     policy nodes react one tick late, and a late inference may skip a tick or two)."""
+    max_reset_failures: int = 3
+    """Resets in a row that may time out before the run stops: the scene needs a human then."""
     reach_tolerance: float = 0.005
     """Distance to the reset goal below which the arm counts as home, m."""
     reach_rotation_tolerance: float = 0.05
@@ -341,6 +343,8 @@ class EpisodeSupervisor:
         self._last_run: _Run | None = None
         """The current run, or the last one after it ended (for the status)."""
         self._paused = False
+        self._reset_failures = 0
+        """Resets that timed out since the last episode started."""
         self._estop: str | None = None
         self._pending_stop: str | None = None
         self._pending_start: RunRequest | None = None
@@ -548,9 +552,11 @@ class EpisodeSupervisor:
         assert tick.pose is not None  # _fault reports a missing pose
         settings = self.settings
         if tick.now - episode.reset_started_at > settings.reset_timeout:
-            self._end(
-                tick.now, tick.wall_time, Outcome.ABORTED, self._reset_timeout_reason(tick, episode), out
-            )
+            reason = self._reset_timeout_reason(tick, episode)
+            self._end(tick.now, tick.wall_time, Outcome.ABORTED, reason, out)
+            self._reset_failures += 1
+            if self._reset_failures >= settings.max_reset_failures:
+                self._pending_stop = f"{self._reset_failures} resets in a row failed, the last: {reason}"
             return
         out.command = self._reset_command(tick, episode)
         at_home = self._at_home(tick.pose, tick.gripper_closure, episode.goal)
@@ -621,6 +627,7 @@ class EpisodeSupervisor:
     # -- the episode ---------------------------------------------------------------------------
 
     def _start(self, tick: TickInput, episode: _Episode, out: _Tick) -> None:
+        self._reset_failures = 0
         episode.started_at = tick.now
         episode.started_wall = tick.wall_time
         self.stages.reset(tick.now)

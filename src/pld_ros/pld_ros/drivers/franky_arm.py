@@ -30,6 +30,32 @@ from pld_ros.profile import FrankyArm
 _ERRORS = (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException, RuntimeError)
 _CLOSE_ABOVE = 0.6
 _OPEN_BELOW = 0.4
+_OPEN_ENOUGH = 0.1
+"""Measured closure below which an idle hand counts as open."""
+_STILL_OPEN = 0.02
+"""Measured closure below which an idle hand that was told to close has not closed at all."""
+
+
+def hand_request(closure: float, closed: bool | None, measured: float, busy: bool) -> bool | None:
+    """Whether to send the hand a close (True) or open (False) command now, or nothing (None).
+
+    ``closure``: the commanded closure; ``closed``: what the hand was last told; ``measured``:
+    its measured closure; ``busy``: a command is still running. A change is sent at once. An idle
+    hand that is not where it was told is told again: a hand command can fail (franky-sim refuses
+    them while the arm recovers from an error), and the hand would otherwise stay closed for good.
+    """
+    close = True if closure > _CLOSE_ABOVE else False if closure < _OPEN_BELOW else closed
+    if close is None:
+        return None
+    if close != closed:
+        return close
+    if busy:
+        return None
+    # A closed hand may hold an object at any width, so only "has not closed at all" is a miss.
+    missed = measured < _STILL_OPEN if close else measured > _OPEN_ENOUGH
+    return close if missed else None
+
+
 _REALTIME = {
     "enforce": franky.RealtimeConfig.Enforce,
     "ignore": franky.RealtimeConfig.Ignore,
@@ -51,6 +77,7 @@ class _Hand:
         self._config = config
         self._wakeup = threading.Condition()
         self._request: tuple[bool, float] | None = None
+        self._running = False
         self._stopped = False
         threading.Thread(target=self._work, args=(gripper,), name="franka-hand", daemon=True).start()
 
@@ -58,6 +85,12 @@ class _Hand:
         """Finger width (m) and whether they hold an object: one round trip to the hand."""
         hand = self._gripper.state
         return float(hand.width), bool(hand.is_grasped)
+
+    @property
+    def busy(self) -> bool:
+        """A command is waiting or running."""
+        with self._wakeup:
+            return self._running or self._request is not None
 
     def request(self, close: bool, width: float) -> None:
         with self._wakeup:
@@ -84,19 +117,25 @@ class _Hand:
                     return
                 assert self._request is not None
                 (close, width), self._request = self._request, None
+                self._running = True
             # Failures are not reported from here: a hand that lost its connection shows up in the
-            # next state read, and a grasp that closes on nothing is not a fault.
-            with contextlib.suppress(*_ERRORS):
-                if close:
-                    gripper.grasp(
-                        0.0,
-                        cfg.gripper_speed,
-                        cfg.gripper_force,
-                        epsilon_inner=0.005,
-                        epsilon_outer=cfg.max_gripper_width,
-                    )
-                else:
-                    gripper.move(width, cfg.gripper_speed)
+            # next state read, a grasp that closes on nothing is not a fault, and a command that
+            # failed is sent again (hand_request).
+            try:
+                with contextlib.suppress(*_ERRORS):
+                    if close:
+                        gripper.grasp(
+                            0.0,
+                            cfg.gripper_speed,
+                            cfg.gripper_force,
+                            epsilon_inner=0.005,
+                            epsilon_outer=cfg.max_gripper_width,
+                        )
+                    else:
+                        gripper.move(width, cfg.gripper_speed)
+            finally:
+                with self._wakeup:
+                    self._running = False
 
 
 class FrankyBackend:
@@ -108,6 +147,7 @@ class FrankyBackend:
         self._robot: Any = None
         self._hand: _Hand | None = None
         self._gripper_closed: bool | None = None
+        self._measured_closure = 0.0
         prefix = config.model
         self._joint_names = tuple(f"{prefix}_joint{i}" for i in range(1, 8))
 
@@ -153,6 +193,7 @@ class FrankyBackend:
         # current_errors is an object that is truthy even when empty; has_errors is the flag.
         error = f"{state.robot_mode}: {state.current_errors}" if robot.has_errors else ""
         max_width = self._config.max_gripper_width
+        self._measured_closure = float(np.clip(1.0 - width / max_width, 0.0, 1.0))
         return ArmState(
             joint_names=self._joint_names,
             joint_positions=np.asarray(state.q, dtype=np.float64),
@@ -160,7 +201,7 @@ class FrankyBackend:
             joint_efforts=np.asarray(state.tau_J, dtype=np.float64),
             ee_pose=Pose.of(np.asarray(ee.translation), np.asarray(ee.quaternion)),
             gripper_width=width,
-            gripper_closure=float(np.clip(1.0 - width / max_width, 0.0, 1.0)),
+            gripper_closure=self._measured_closure,
             gripper_grasped=grasped,
             error=error,
         )
@@ -177,8 +218,10 @@ class FrankyBackend:
             raise self._faulted(exc) from exc
 
     def _command_gripper(self, closure: float) -> None:
-        close = True if closure > _CLOSE_ABOVE else False if closure < _OPEN_BELOW else self._gripper_closed
-        if close is None or close == self._gripper_closed or self._hand is None:
+        if self._hand is None:
+            return
+        close = hand_request(closure, self._gripper_closed, self._measured_closure, self._hand.busy)
+        if close is None:
             return
         self._hand.request(close, self._config.max_gripper_width * (1.0 - closure))
         self._gripper_closed = close

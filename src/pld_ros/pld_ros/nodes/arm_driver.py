@@ -28,8 +28,8 @@ from pld_ros.core.safety import DeltaCommand
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmBackend
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.runner import NodeConfigError, fail_node, run_node
-from pld_ros.profile import FrankyArm, Profile, ProfileError, load_profile
+from pld_ros.nodes.runner import NodeConfigError, fail_node, load_node_profile, run_node
+from pld_ros.profile import FrankyArm, Profile
 
 
 def make_backend(profile: Profile, arm_name: str) -> ArmBackend:
@@ -58,12 +58,8 @@ def pose_message(pose: Pose) -> PoseMsg:
 class ArmDriverNode(Node):
     def __init__(self) -> None:
         super().__init__("arm_driver")
-        profile_path = str(self.declare_parameter("profile", "").value)
+        profile = load_node_profile(self)
         self.arm_name = str(self.declare_parameter("arm", "arm").value)
-        try:
-            profile = load_profile(profile_path)
-        except ProfileError as exc:
-            raise NodeConfigError(str(exc)) from None
         if self.arm_name not in profile.arms:
             raise NodeConfigError(
                 f"profile {profile.name!r} has no arm {self.arm_name!r} (arms: {list(profile.arms)})"

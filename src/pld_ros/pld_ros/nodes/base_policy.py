@@ -26,10 +26,9 @@ from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
-from pld_ros.nodes.runner import NodeConfigError, run_node
+from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.async_inference import AsyncInference, InferenceConfig
 from pld_ros.policies.base_policy import make_base_policy
-from pld_ros.profile import ProfileError, load_profile
 
 EVENTS_QOS = QoSProfile(
     depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -39,12 +38,8 @@ EVENTS_QOS = QoSProfile(
 class BasePolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("base_policy")
-        profile_path = str(self.declare_parameter("profile", "").value)
-        try:
-            profile = load_profile(profile_path)
-            arm = profile.control_arm
-        except (ProfileError, ValueError) as exc:
-            raise NodeConfigError(str(exc)) from None
+        profile = load_node_profile(self)
+        arm = control_arm(profile)
         if profile.policies is None:
             raise NodeConfigError(f"profile {profile.name!r} has no 'policies' section")
         config = profile.policies.base

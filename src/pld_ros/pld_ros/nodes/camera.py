@@ -30,8 +30,8 @@ from pld_ros.drivers.opencv_camera import OpenCvCamera
 from pld_ros.drivers.realsense_camera import RealSenseCamera
 from pld_ros.nodes.camera_publisher import CameraPublisher
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.runner import NodeConfigError, run_node
-from pld_ros.profile import Camera, ProfileError, load_profile
+from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
+from pld_ros.profile import Camera
 
 DIAGNOSTICS_PERIOD = 1.0
 """s between two periodic diagnostics; a camera that faults or recovers is reported at once."""
@@ -49,7 +49,7 @@ def camera_source(camera: Camera, playback: Playback | None) -> CameraSource:
 class CameraNode(Node):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("camera", **kwargs)
-        profile_path = str(self.declare_parameter("profile", "").value)
+        profile = load_node_profile(self)
         self._name = str(self.declare_parameter("camera", "").value)
         playback_file = str(self.declare_parameter("playback_file", "").value)
         playback_loop = bool(self.declare_parameter("playback_loop", False).value)
@@ -59,14 +59,8 @@ class CameraNode(Node):
             raise NodeConfigError(
                 f"parameter 'reconnect_period' must be positive, got {self._reconnect_period}"
             )
-        if not profile_path or not self._name:
-            raise NodeConfigError(
-                "parameters 'profile' (a profile file) and 'camera' (a camera name) are required"
-            )
-        try:
-            profile = load_profile(Path(profile_path))
-        except ProfileError as exc:
-            raise NodeConfigError(str(exc)) from None
+        if not self._name:
+            raise NodeConfigError("parameter 'camera' (a camera name of the profile) is required")
         camera = profile.cameras.get(self._name)
         if camera is None:
             raise NodeConfigError(

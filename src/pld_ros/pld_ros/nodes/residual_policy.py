@@ -54,7 +54,7 @@ from pld_ros.core.observation import ACTION_DIM, Float32Array
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
-from pld_ros.nodes.runner import NodeConfigError, run_node
+from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.residual import (
     ActionSource,
     ActorWeights,
@@ -74,7 +74,7 @@ from pld_ros.policies.weights import (
     load_local,
     load_verified,
 )
-from pld_ros.profile import Profile, ProfileError, load_profile
+from pld_ros.profile import Profile
 
 EVENTS_QOS = QoSProfile(
     depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -132,12 +132,8 @@ def action_of(command: DeltaPoseCommand) -> Float32Array:
 class ResidualPolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("residual_policy")
-        profile_path = str(self.declare_parameter("profile", "").value)
-        try:
-            profile = load_profile(profile_path)
-            arm = profile.control_arm
-        except (ProfileError, ValueError) as exc:
-            raise NodeConfigError(str(exc)) from None
+        profile = load_node_profile(self)
+        arm = control_arm(profile)
         if profile.policies is None:
             raise NodeConfigError(f"profile {profile.name!r} has no 'policies' section")
         views = profile.policies.base.views

@@ -48,9 +48,8 @@ from pld_ros.models.success_classifier import (
 )
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache
-from pld_ros.nodes.runner import NodeConfigError, run_node
+from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.weights import WeightsError, check_tensors, load_local
-from pld_ros.profile import ProfileError, load_profile
 
 Classifier = Callable[[np.ndarray], np.ndarray]
 """uint8 [B, V, H, W, 3] -> float32 [B, heads]."""
@@ -115,12 +114,8 @@ def to_time(stamp: float) -> Time:
 class RewardClassifierNode(Node):
     def __init__(self) -> None:
         super().__init__("reward_classifier")
-        profile_path = str(self.declare_parameter("profile", "").value)
-        try:
-            profile = load_profile(profile_path)
-            arm = profile.control_arm
-        except (ProfileError, ValueError) as exc:
-            raise NodeConfigError(str(exc)) from None
+        profile = load_node_profile(self)
+        arm = control_arm(profile)
         if profile.reward is None:
             raise NodeConfigError(f"profile {profile.name!r} has no 'reward' section")
         reward = profile.reward

@@ -9,6 +9,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 
+from pld_ros.profile import Profile, ProfileError, load_profile
+
 EXIT_CONFIG_ERROR = 2
 """Exit code of a node that refuses its parameters: nothing was started, nothing to recover."""
 EXIT_FATAL = 1
@@ -28,6 +30,25 @@ def fail_node(node: Node, reason: str) -> None:
 
 class NodeConfigError(ValueError):
     """A node's parameters are unusable; the message says which one and why."""
+
+
+def load_node_profile(node: Node) -> Profile:
+    """Declare the node's ``profile`` parameter (the profile YAML's path) and load that profile."""
+    path = str(node.declare_parameter("profile", "").value)
+    if not path:
+        raise NodeConfigError("parameter 'profile' (path of the profile YAML) is required")
+    try:
+        return load_profile(path)
+    except ProfileError as exc:
+        raise NodeConfigError(str(exc)) from None
+
+
+def control_arm(profile: Profile) -> str:
+    """The profile's control arm (:attr:`Profile.control_arm`), or a configuration error."""
+    try:
+        return profile.control_arm
+    except ValueError as exc:
+        raise NodeConfigError(str(exc)) from None
 
 
 def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None) -> int:

@@ -20,8 +20,8 @@ from std_msgs.msg import Bool
 from pld_msgs.srv import ResetScene
 from pld_ros.nodes.camera_publisher import CameraPublisher
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.runner import NodeConfigError, run_node
-from pld_ros.profile import Camera, FrankyArm, ProfileError, load_profile
+from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
+from pld_ros.profile import Camera, FrankyArm
 from pld_ros.sim.franka_pick_cube import CAMERAS, FrankaPickCubeWorld
 
 SUCCESS_RATE = 20.0
@@ -35,26 +35,21 @@ SLOW_FRACTION = 0.5
 class SimWorldNode(Node):
     def __init__(self) -> None:
         super().__init__("sim_world")
-        path = str(self.declare_parameter("profile", "").value)
-        if not path:
-            raise NodeConfigError("parameter 'profile' (path of the profile YAML) is required")
-        try:
-            profile = load_profile(path)
-        except ProfileError as exc:
-            raise NodeConfigError(str(exc)) from None
+        profile = load_node_profile(self)
+        name = str(self.get_parameter("profile").value)
         simulation = profile.simulation
         if simulation is None:
-            raise NodeConfigError(f"{path}: no 'simulation' section: this profile drives real hardware")
+            raise NodeConfigError(f"{name}: no 'simulation' section: this profile drives real hardware")
         if simulation.world != "franka_pick_cube":
-            raise NodeConfigError(f"{path}: world {simulation.world!r} is not implemented by sim_world")
+            raise NodeConfigError(f"{name}: world {simulation.world!r} is not implemented by sim_world")
         arms = [arm for arm in profile.arms.values() if isinstance(arm, FrankyArm)]
         if len(arms) != 1:
-            raise NodeConfigError(f"{path}: franka_pick_cube needs exactly one franky arm, got {len(arms)}")
+            raise NodeConfigError(f"{name}: franka_pick_cube needs exactly one franky arm, got {len(arms)}")
         cameras = {name: camera for name, camera in profile.cameras.items() if camera.driver == "sim"}
         unknown = sorted(set(cameras) - set(CAMERAS))
         if unknown:
             raise NodeConfigError(
-                f"{path}: sim camera(s) {', '.join(unknown)} not in franka_pick_cube "
+                f"{name}: sim camera(s) {', '.join(unknown)} not in franka_pick_cube "
                 f"(it has {', '.join(CAMERAS)})"
             )
 

@@ -72,8 +72,7 @@ from pld_ros.core.stage_machine import StageUpdate
 from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, pose_of
-from pld_ros.nodes.runner import NodeConfigError, run_node
-from pld_ros.profile import ProfileError, load_profile
+from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 
 EVENTS_QOS = QoSProfile(
     depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -104,24 +103,17 @@ class SupervisorNode(Node):
 
     def __init__(self) -> None:
         super().__init__("supervisor")
-        path = str(self.declare_parameter("profile", "").value)
+        profile = load_node_profile(self)
         episodes = int(self.declare_parameter("episodes", -1).value)
         # Nodes (fully qualified names) whose heartbeat must be seen before an episode starts: the
         # residual policy commands only within episodes, so nothing else shows it is up.
         requires: list[str] | None = self.declare_parameter("requires", Parameter.Type.STRING_ARRAY).value
         self._required = [str(name) for name in requires or ()]
-        if not path:
-            raise NodeConfigError("parameter 'profile' (path of the profile YAML) is required")
-        try:
-            profile = load_profile(path)
-        except ProfileError as exc:
-            raise NodeConfigError(str(exc)) from None
         if profile.policies is None or profile.reward is None:
-            raise NodeConfigError(f"{path}: the supervisor needs 'policies' and 'reward' sections")
-        try:
-            arm = profile.control_arm
-        except ValueError as exc:
-            raise NodeConfigError(str(exc)) from None
+            raise NodeConfigError(
+                f"profile {profile.name!r}: the supervisor needs 'policies' and 'reward' sections"
+            )
+        arm = control_arm(profile)
         self.profile = profile
         self.arm = arm
         first_id = last_episode_id(profile.supervisor.run_directory, profile.name) + 1

@@ -48,8 +48,7 @@ from pld_ros.drivers.spacemouse import (
     SpaceMouseError,
 )
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.runner import NodeConfigError, fail_node, run_node
-from pld_ros.profile import ProfileError, load_profile
+from pld_ros.nodes.runner import NodeConfigError, control_arm, fail_node, load_node_profile, run_node
 
 DEVICES: Final = ("keyboard", "spacemouse", "sim")
 REOPEN_PERIOD: Final = 1.0
@@ -61,13 +60,9 @@ class TeleopNode(Node):
 
     def __init__(self) -> None:
         super().__init__("teleop")
-        profile_path = str(self.declare_parameter("profile", "").value)
+        profile = load_node_profile(self)
         device = str(self.declare_parameter("device", "").value)
-        try:
-            profile = load_profile(profile_path)
-            self.arm = profile.control_arm
-        except (ProfileError, ValueError) as exc:
-            raise NodeConfigError(str(exc)) from None
+        self.arm = control_arm(profile)
         self.device = device or profile.teleop.device
         if self.device not in DEVICES:
             raise NodeConfigError(f"parameter 'device' must be one of {', '.join(DEVICES)}, got {device!r}")
