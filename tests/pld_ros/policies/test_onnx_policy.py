@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from pld_ros.core.observation import Observation
 from pld_ros.policies.base_policy import PolicyOutputError, make_base_policy
-from pld_ros.policies.onnx_policy import OnnxPolicy, choose_providers
+from pld_ros.policies.onnx_policy import OnnxPolicy
+from pld_ros.policies.onnx_runtime import choose_providers
 from pld_ros.profile import BasePolicy as BasePolicyConfig
 
 VIEWS = ("wrist", "side")

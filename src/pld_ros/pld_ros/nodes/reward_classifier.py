@@ -49,6 +49,7 @@ from pld_ros.models.success_classifier import (
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
+from pld_ros.policies.onnx_runtime import inference_session
 from pld_ros.policies.weights import WeightsError, check_tensors, load_local
 
 Classifier = Callable[[np.ndarray], np.ndarray]
@@ -59,16 +60,9 @@ LATENCY_WINDOW = 1000
 
 def onnx_classifier(path: Path) -> tuple[Classifier, str]:
     """An onnxruntime session with the success classifier's I/O contract, and its provider."""
-    import onnxruntime as ort
-
-    providers = [
-        p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()
-    ]
-    options = ort.SessionOptions()
     # One core: on a small robot computer the residual actor and the rest of the graph need the others.
-    options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = inference_session(str(path), threads=1)
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
         raise NodeConfigError(f"reward.path: {path}: cannot load the ONNX model: {exc}") from None
     inputs = [i.name for i in session.get_inputs()]

@@ -19,18 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from pld_ros.core.observation import PROPRIO_DIM, Float32Array, Observation
+from pld_ros.policies.onnx_runtime import inference_session
 
 IMAGES, PROPRIO, ACTIONS = "images", "proprio", "actions"
-_PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
-
-
-def choose_providers(available: Sequence[str]) -> list[str]:
-    """CUDA first when it is available, and always the CPU (onnxruntime's fallback)."""
-    chosen = [p for p in _PREFERRED_PROVIDERS if p in available]
-    return chosen or ["CPUExecutionProvider"]
 
 
 def _static(dim: object) -> int | None:
@@ -45,9 +38,8 @@ class OnnxPolicy:
             raise FileNotFoundError(f"ONNX base policy {path} does not exist")
         self.path = path
         self.views = tuple(views)
-        chosen = list(providers) if providers is not None else choose_providers(ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), providers=chosen)
+            self.session = inference_session(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for a bad file
             raise ValueError(f"{path}: not a loadable ONNX model: {exc}") from None
         self.providers: list[str] = self.session.get_providers()

@@ -35,6 +35,7 @@ import torch
 
 from pld_ros.core.observation import ACTION_DIM, GRIPPER, PROPRIO_DIM, Float32Array, Observation
 from pld_ros.models.residual_actor import ResidualActor
+from pld_ros.policies.onnx_runtime import inference_session
 from pld_ros.profile import XiSchedule
 
 
@@ -97,7 +98,6 @@ class OnnxRunner:
     """
 
     def __init__(self, actor: ResidualActor, images_shape: tuple[int, ...], threads: int = 1) -> None:
-        import onnxruntime as ort
 
         buffer = io.BytesIO()
         example = (
@@ -113,10 +113,9 @@ class OnnxRunner:
             output_names=["mean", "log_std"],
             dynamo=False,
         )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(
+            buffer.getvalue(), threads=threads, providers=["CPUExecutionProvider"]
+        )
 
     def distribution(
         self, images: np.ndarray, proprio: Float32Array, base: Float32Array
