@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Pose as PoseMsg
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -27,6 +27,7 @@ from pld_ros.core.rate import RateKeeper
 from pld_ros.core.safety import DeltaCommand
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmBackend
+from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, fail_node, load_node_profile, run_node
 from pld_ros.profile import FrankyArm, Profile
@@ -86,7 +87,7 @@ class ArmDriverNode(Node):
         self.create_service(EStop, f"{prefix}/estop", self._on_estop_service)
         self._state_pub = self.create_publisher(RobotState, f"{prefix}/state", 10)
         self._joints_pub = self.create_publisher(JointState, f"{prefix}/joint_states", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = diagnostics_publisher(self)
         self.create_timer(1.0, self._publish_diagnostics)
         start_heartbeat(self)
 
@@ -213,16 +214,15 @@ class ArmDriverNode(Node):
             **self.controller.counters,
             **self.controller.safety.counters,
         }
-        status = DiagnosticStatus(
+        publish_status(
+            self,
+            self._diag_pub,
             level=level,
             name=f"pld/arm/{self.arm_name}",
             hardware_id=self.arm_name,
             message=mode.name.lower() + (f": {values['error']}" if values["error"] else ""),
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            values=values,
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
 
     def destroy_node(self) -> None:
         # Stop commanding before the node goes: the loop thread must not outlive the backend.

@@ -16,7 +16,7 @@ import math
 import sys
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -24,6 +24,7 @@ from pld_msgs.msg import ActionChunk, BaseAction, EpisodeEvent, RobotState
 from pld_ros.core.action_chunks import Chunk, ChunkBuffer, ChunkConfig, TickAction
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM
+from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -77,7 +78,7 @@ class BasePolicyNode(Node):
 
         self._action_pub = self.create_publisher(BaseAction, "policy/base/action", 10)
         self._chunk_pub = self.create_publisher(ActionChunk, "policy/base/chunk", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = diagnostics_publisher(self)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
@@ -181,16 +182,15 @@ class BasePolicyNode(Node):
             **self.counters,
         }
         self._max_age = 0.0
-        status = DiagnosticStatus(
+        publish_status(
+            self,
+            self._diag_pub,
             level=level,
             name="pld/policy/base",
             hardware_id=self.policy_name,
             message=message,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            values=values,
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
 
     def destroy_node(self) -> None:
         self.runner.close()

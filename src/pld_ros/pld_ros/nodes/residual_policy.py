@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -52,6 +52,7 @@ from pld_msgs.msg import (
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM, Float32Array
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
+from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -178,7 +179,7 @@ class ResidualPolicyNode(Node):
         self._loader.start()
 
         self._command_pub = self.create_publisher(DeltaPoseCommand, f"{arm}/command", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = diagnostics_publisher(self)
         self.create_subscription(BaseAction, "policy/base/action", self._on_base_action, 10)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
@@ -342,16 +343,15 @@ class ResidualPolicyNode(Node):
             "last_rejection": self._last_rejection,
             **self.counters,
         }
-        status = DiagnosticStatus(
+        publish_status(
+            self,
+            self._diag_pub,
             level=level,
             name="pld/policy/residual",
             hardware_id=POLICY_NAME,
             message=message,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            values=values,
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
 
     def destroy_node(self) -> None:
         self._announcements.put(None)

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from std_msgs.msg import Bool
 
@@ -46,6 +46,7 @@ from pld_ros.models.success_classifier import (
     SuccessClassifier,
     SuccessClassifierConfig,
 )
+from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -121,7 +122,7 @@ class RewardClassifierNode(Node):
         self._success: bool | None = None
         self._classify: Classifier | None = None
         self._scores_pub = self.create_publisher(SuccessScores, "reward/scores", 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = diagnostics_publisher(self)
 
         if reward.backend == "privileged":
             self.device = "simulator"
@@ -216,16 +217,15 @@ class RewardClassifierNode(Node):
             "stale_reason": self._last_stale,
             **self.counters,
         }
-        status = DiagnosticStatus(
+        publish_status(
+            self,
+            self._diag_pub,
             level=level,
             name="pld/reward",
             hardware_id=self.backend,
             message=message,
-            values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
+            values=values,
         )
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self.get_clock().now().to_msg()
-        self._diag_pub.publish(array)
 
 
 def main() -> None:

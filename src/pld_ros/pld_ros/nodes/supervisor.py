@@ -17,7 +17,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Pose as PoseMsg
 from rclpy.action.server import ActionServer, CancelResponse, GoalResponse, ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -70,6 +70,7 @@ from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.spatial import Pose
 from pld_ros.core.stage_machine import StageUpdate
 from pld_ros.graph import HEARTBEAT_TOPIC
+from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, pose_of
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -152,7 +153,7 @@ class SupervisorNode(Node):
         self._status_pub = self.create_publisher(EpisodeStatus, "episode/status", 10)
         self._stage_pub = self.create_publisher(StageState, "stage/state", 10)
         self._estop_pub = self.create_publisher(Bool, ESTOP_TOPIC, 10)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diag_pub = diagnostics_publisher(self)
         self._scene_client: Client | None = (
             self.create_client(ResetScene, "sim/reset_scene") if profile.simulated else None
         )
@@ -507,18 +508,15 @@ class SupervisorNode(Node):
                 aborted=status.aborted,
                 last_outcome=status.last_outcome.name,
             )
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status.append(
-            DiagnosticStatus(
-                level=level,
-                name="pld/supervisor",
-                hardware_id=self.profile.robot_id,
-                message=text,
-                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()],
-            )
+        publish_status(
+            self,
+            self._diag_pub,
+            level=level,
+            name="pld/supervisor",
+            hardware_id=self.profile.robot_id,
+            message=text,
+            values=values,
         )
-        self._diag_pub.publish(array)
 
     def destroy_node(self) -> None:
         # A run cut short by a shutdown still logs its running episode, and gets its summary and plot.
