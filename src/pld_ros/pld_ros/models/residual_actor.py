@@ -27,7 +27,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -35,7 +34,7 @@ from torch import nn
 
 from pld_ros.core.observation import ACTION_DIM
 from pld_ros.models.proprio import PROPRIO_FEATURE_DIM, proprio_features
-from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder, tuples
+from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder, config_from_json
 
 DEFAULT_RESIDUAL_SCALE: tuple[float, ...] = (0.02, 0.02, 0.02, 0.1, 0.1, 0.1, 1.0)
 """The profile's default safety steps: 0.02 m translation, 0.1 rad rotation, the full gripper range."""
@@ -84,12 +83,7 @@ class ResidualActorConfig:
     @classmethod
     def from_json(cls, text: str) -> ResidualActorConfig:
         """The config saved by :meth:`to_json`; ValueError if it is not one."""
-        try:
-            data: dict[str, Any] = json.loads(text)
-            encoder = ResNet10Config(**tuples(data.pop("encoder")))
-            return cls(encoder=encoder, **tuples(data))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a residual actor config: {exc}") from None
+        return config_from_json(cls, text, "residual actor")
 
 
 def mlp(in_dim: int, hidden_dim: int, num_layers: int) -> nn.Sequential:

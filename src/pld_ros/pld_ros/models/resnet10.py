@@ -36,8 +36,10 @@ encoder is loaded.
 """
 
 # No "from __future__ import annotations": TorchScript must read the buffers' class annotations.
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -46,6 +48,8 @@ PAPER_WIDTHS: tuple[int, int, int, int] = (64, 128, 256, 512)
 """Stage widths of the SERL / HIL-SERL ResNet-10 (the torchvision ResNet-18 widths)."""
 DEFAULT_WIDTHS: tuple[int, int, int, int] = (32, 64, 128, 256)
 """Our default: halved widths, about a quarter of the compute (see the module docstring)."""
+
+C = TypeVar("C")
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -91,6 +95,17 @@ class ResNet10Config:
 def tuples(data: dict[str, Any]) -> dict[str, Any]:
     """``data`` with JSON lists turned back into the tuples a frozen config holds."""
     return {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+
+
+def config_from_json(config: Callable[..., C], text: str, what: str) -> C:
+    """A model config (one with an ``encoder`` field) saved as JSON; ValueError naming ``what``
+    if ``text`` is not one."""
+    try:
+        data: dict[str, Any] = json.loads(text)
+        encoder = ResNet10Config(**tuples(data.pop("encoder")))
+        return config(encoder=encoder, **tuples(data))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a {what} config: {exc}") from None
 
 
 def _norm(config: ResNet10Config, channels: int) -> nn.Module:

@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
 from pld_ros.models.residual_actor import mlp
-from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder, tuples
+from pld_ros.models.resnet10 import ResNet10Config, ResNet10Encoder, config_from_json
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
@@ -59,12 +58,7 @@ class SuccessClassifierConfig:
     @classmethod
     def from_json(cls, text: str) -> SuccessClassifierConfig:
         """The config saved by :meth:`to_json`; ValueError if it is not one."""
-        try:
-            data: dict[str, Any] = json.loads(text)
-            encoder = ResNet10Config(**tuples(data.pop("encoder")))
-            return cls(encoder=encoder, **tuples(data))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a success classifier config: {exc}") from None
+        return config_from_json(cls, text, "success classifier")
 
 
 class SuccessClassifier(nn.Module):
