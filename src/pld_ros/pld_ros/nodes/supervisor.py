@@ -19,6 +19,7 @@ from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Pose as PoseMsg
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.action.server import ActionServer, CancelResponse, GoalResponse, ServerGoalHandle
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.client import Client
@@ -521,13 +522,19 @@ class SupervisorNode(Node):
     def destroy_node(self) -> None:
         # A run cut short by a shutdown still logs its running episode, and gets its summary and plot.
         events, records = self.core.close("supervisor shut down", self._now(), time.time())
-        if self.context.ok():
-            for event in events:
-                self._events_pub.publish(self._event_message(event, None))
+        # The record and the summary first: they must survive whatever happens to the graph.
         for record in records:
             if self._log is not None:
                 self._log.append(record)
         self._write_summary()
+        for event in events:
+            try:
+                self._events_pub.publish(self._event_message(event, None))
+            except RCLError:
+                # SIGINT shuts the context down from another thread, possibly right now.
+                if self.context.ok():
+                    raise
+                break
         super().destroy_node()
 
 
