@@ -415,6 +415,12 @@ class Simulation(_Section):
     """The world the graph hosts; "external": the simulator runs outside the graph (a franky-sim
     started by hand or by a test), and the graph only connects to it."""
     real_time_factor: PositiveFloat = 1.0
+    """Target pace of the physics (simulated s per wall s); it runs slower when the machine cannot
+    keep up."""
+    paced_by_simulated_time: bool = True
+    """The arm driver ticks every 1/control_rate s of the simulator's clock (the arm's own time),
+    so the whole graph slows down with a simulator that falls behind and a policy still sees
+    50 ms of physics per tick at 20 Hz. Off: ticks follow wall time, as on real hardware."""
     render_width: PositiveInt = 128
     """Sim cameras render this size with the real camera's vertical field of view; the square
     render stands in for the real camera's centred square crop, so it is published whole."""

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from pld_ros.core.rate import RateKeeper
+from pld_ros.core.rate import RateKeeper, RobotClock
 
 
 class FakeClock:
@@ -50,3 +50,60 @@ def test_a_stall_counts_missed_ticks_and_reanchors() -> None:
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateKeeper(0.0)
+
+
+class SlowRobot:
+    """A robot clock that advances at ``factor`` times wall time, as a slow simulator does."""
+
+    def __init__(self, wall: FakeClock, factor: float) -> None:
+        self.wall = wall
+        self.factor = factor
+        self.connected = True
+        self.offset = 5.0  # robot time at wall 100.0
+        self.frozen_at: float | None = None
+
+    def __call__(self) -> float | None:
+        if not self.connected:
+            return None
+        if self.frozen_at is not None:
+            return self.frozen_at
+        return self.offset + (self.wall.now - 100.0) * self.factor
+
+
+def test_robot_clock_paces_a_loop_by_the_robot_time() -> None:
+    wall = FakeClock()
+    robot = SlowRobot(wall, factor=0.5)
+    clock = RobotClock(robot, wall=wall, wall_sleep=wall.sleep, poll=0.001)
+    rate = RateKeeper(20.0, clock=clock.now, sleep=clock.sleep)
+    starts = [rate.wait() for _ in range(5)]
+    # 50 ms of robot time per tick takes 100 ms of wall time on a half-speed simulator.
+    assert starts[-1] - starts[0] == pytest.approx(0.2, abs=0.002)
+    assert wall.now - 100.0 == pytest.approx(0.4, abs=0.005)
+    assert rate.missed == 0
+
+
+def test_robot_clock_runs_on_wall_time_while_the_robot_is_gone_and_never_goes_back() -> None:
+    wall = FakeClock()
+    robot = SlowRobot(wall, factor=1.0)
+    clock = RobotClock(robot, wall=wall, wall_sleep=wall.sleep)
+    first = clock.now()
+    wall.now += 0.3
+    robot.connected = False
+    during = clock.now()
+    assert during - first == pytest.approx(0.3)
+    wall.now += 0.2
+    robot.connected, robot.offset = True, 0.0  # a restarted simulator starts its clock at 0
+    after = clock.now()
+    assert after - during == pytest.approx(0.2)
+    wall.now += 0.1
+    assert clock.now() - after == pytest.approx(0.1)
+
+
+def test_a_frozen_robot_clock_cannot_stall_the_loop() -> None:
+    wall = FakeClock()
+    robot = SlowRobot(wall, factor=1.0)
+    clock = RobotClock(robot, wall=wall, wall_sleep=wall.sleep, max_slowdown=4.0)
+    clock.now()
+    robot.frozen_at = 5.0
+    clock.sleep(0.05)
+    assert wall.now - 100.0 == pytest.approx(0.2, abs=0.002)

@@ -14,7 +14,7 @@ import pytest
 
 from pld_ros.core import safety
 from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
-from pld_ros.core.rate import RateKeeper
+from pld_ros.core.rate import RateKeeper, RobotClock
 from pld_ros.core.safety import DeltaCommand
 from pld_ros.drivers.franky_arm import FrankyBackend, hand_request
 from pld_ros.profile import FrankyArm, SafetyLimits
@@ -173,6 +173,34 @@ def test_killing_the_simulator_stops_commanding_and_reconnects_when_it_returns(s
             assert ctrl.counters["connects"] == 2
         finally:
             revived.kill()
+    finally:
+        ctrl.close()
+
+
+def test_the_robot_clock_is_the_simulators_and_a_loop_paced_by_it_outlives_the_simulator(
+    sim: Watched,
+) -> None:
+    backend = FrankyBackend(CONFIG)
+    assert backend.robot_time() is None  # not connected: no clock to read
+    ctrl = ArmController(backend, LIMITS, reconnect_interval=0.5)
+    try:
+        connected(ctrl)
+        clock = RobotClock(backend.robot_time)
+        rate = RateKeeper(20.0, clock=clock.now, sleep=clock.sleep)
+        first = backend.robot_time()
+        wall = time.monotonic()
+        starts = [rate.wait() for _ in range(10)]
+        robot_elapsed = backend.robot_time() - first  # type: ignore[operator]
+        # Ten ticks are 0.45 s of the simulator's clock, however fast its physics runs here.
+        assert starts[-1] - starts[0] == pytest.approx(0.45, abs=0.01)
+        assert 0.4 < robot_elapsed < 0.6
+        assert time.monotonic() - wall >= robot_elapsed - 0.01  # franky-sim never outruns real time
+        sim.kill()
+        reports = run(ctrl, [None] * 10, rate)
+        assert reports[-1].mode is ArmMode.DISCONNECTED
+        assert backend.robot_time() is None
+        before = rate.wait()
+        assert rate.wait() - before == pytest.approx(0.05, abs=0.02)  # ticking on wall time now
     finally:
         ctrl.close()
 

@@ -3,6 +3,10 @@
 Sleeping a fixed period after each tick accumulates the tick's own duration as drift; sleeping
 until ``start + n * period`` does not. A tick that starts more than half a period late counts as
 missed and the schedule re-anchors, so one stall does not make the loop race to catch up.
+
+:class:`RobotClock` lets the same loop keep time by the robot's own clock instead of the
+machine's: a simulator that cannot keep real time slows the loop with it, so a policy sees the
+same 50 ms of physics per tick that it was trained on.
 """
 
 from __future__ import annotations
@@ -13,6 +17,56 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+
+class RobotClock:
+    """A continuous clock that advances with the robot's clock and with wall time without one.
+
+    ``source`` returns the robot's time in seconds, or None while it is unknown (disconnected).
+    While the source is unknown or jumps back (a restarted simulator starts again at 0), the clock
+    advances by wall time instead, so it never stops nor runs backwards and a loop paced by it
+    keeps ticking through a lost connection.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], float | None],
+        *,
+        wall: Callable[[], float] = time.monotonic,
+        wall_sleep: Callable[[float], None] = time.sleep,
+        poll: float = 0.001,
+        max_slowdown: float = 4.0,
+    ) -> None:
+        """``poll``: s between two reads of the source once the wall-clock part of a sleep is over.
+        ``max_slowdown``: a sleep gives up after this many times its duration in wall time, so a
+        frozen source (a simulator stalled without dropping the link) cannot stall the loop."""
+        self._source = source
+        self._wall = wall
+        self._wall_sleep = wall_sleep
+        self._poll = poll
+        self._max_slowdown = max_slowdown
+        self._value = 0.0
+        self._last_source: float | None = None
+        self._last_wall = wall()
+
+    def now(self) -> float:
+        source, wall = self._source(), self._wall()
+        if source is not None and self._last_source is not None and source >= self._last_source:
+            self._value += source - self._last_source
+        else:
+            self._value += wall - self._last_wall
+        self._last_source, self._last_wall = source, wall
+        return self._value
+
+    def sleep(self, duration: float) -> None:
+        """Return once the clock has advanced by ``duration`` (or after the wall-time cap)."""
+        target = self.now() + duration
+        give_up = self._wall() + self._max_slowdown * duration
+        # The robot's clock never runs ahead of wall time (a simulator is paced to at most real
+        # time), so the first ``duration`` of wall time can pass without reading the source.
+        self._wall_sleep(duration)
+        while self.now() < target and self._wall() < give_up:
+            self._wall_sleep(self._poll)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,11 @@ class ArmBackend(Protocol):
         """The latest state; raise :class:`ArmFault` when the connection is gone."""
         ...
 
+    def robot_time(self) -> float | None:
+        """Seconds on the arm's own clock (simulated time in a simulator), None without one or
+        while disconnected; only differences between two readings mean anything."""
+        ...
+
     def command(self, target: Pose, gripper_closure: float) -> None:
         """Retarget the arm to an absolute pose and the gripper to a closure, without waiting."""
         ...

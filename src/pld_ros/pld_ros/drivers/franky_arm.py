@@ -206,6 +206,16 @@ class FrankyBackend:
             error=error,
         )
 
+    def robot_time(self) -> float | None:
+        # libfranka's time: the robot's 1 kHz cycle counter, franky-sim's simulated clock.
+        robot = self._robot
+        if robot is None:
+            return None
+        try:
+            return float(robot.state.time.to_sec())
+        except _ERRORS:
+            return None
+
     def command(self, target: Pose, gripper_closure: float) -> None:
         robot = self._require()
         if not (np.all(np.isfinite(target.position)) and np.isfinite(gripper_closure)):

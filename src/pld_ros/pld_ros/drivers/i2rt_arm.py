@@ -140,6 +140,10 @@ class I2rtArmBackend:
                 self._gripper_command = float(observed["gripper_pos"][0])
             self._seed(np.asarray(observed["joint_pos"], dtype=np.float64))
 
+    def robot_time(self) -> float | None:
+        # The i2rt driver keeps no clock of its own (its sim mode steps in wall time).
+        return None
+
     def read_state(self) -> ArmState:
         with self._lock:
             observed = self._observe()

@@ -2,6 +2,8 @@
 
 The control loop runs in its own thread on absolute deadlines (see :mod:`pld_ros.core.rate`)
 rather than on an rclpy timer, so executor load (subscriptions, services) cannot delay a tick.
+In simulation the deadlines are on the simulator's clock (``simulation.paced_by_simulated_time``),
+and every node downstream, ticked by this node's state, follows that pace.
 Each tick takes the newest command that arrived since the previous tick; older ones are dropped
 (and counted), since a delta is only meaningful for the tick it was computed for.
 """
@@ -23,7 +25,7 @@ from std_msgs.msg import Bool
 from pld_msgs.msg import DeltaPoseCommand, RobotState
 from pld_msgs.srv import EStop
 from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
-from pld_ros.core.rate import RateKeeper
+from pld_ros.core.rate import RateKeeper, RobotClock
 from pld_ros.core.safety import DeltaCommand
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmBackend
@@ -68,7 +70,11 @@ class ArmDriverNode(Node):
         arm = profile.arms[self.arm_name]
         self.backend = make_backend(profile, self.arm_name)
         self.controller = ArmController(self.backend, arm.safety, recover_errors=arm.recover_errors)
-        self.rate = RateKeeper(profile.supervisor.control_rate)
+        if profile.simulation is not None and profile.simulation.paced_by_simulated_time:
+            clock = RobotClock(self.backend.robot_time)
+            self.rate = RateKeeper(profile.supervisor.control_rate, clock=clock.now, sleep=clock.sleep)
+        else:
+            self.rate = RateKeeper(profile.supervisor.control_rate)
         self.realtime_priority = arm.control_priority
         # Two arms share one TF tree: their frames and joints carry the arm's name, as
         # pld_ros.robot_description.load_urdf(model, prefix) names them.
