@@ -4,8 +4,8 @@ episode files."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pytest
@@ -17,7 +17,6 @@ from pld_ros.training.rollouts import (
     Episode,
     RolloutConfig,
     SimRollouts,
-    SimulatedRate,
     episode_files,
     load_episode,
     save_episode,
@@ -121,29 +120,21 @@ def test_a_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
         load_episode(bad)
 
 
-class HalfSpeedWorld:
-    """Stands in for a world whose physics runs at half its target pace (an overloaded machine)."""
+def test_episodes_start_at_a_random_offset_from_home_as_the_supervisors_resets_do(
+    rollouts: SimRollouts,
+) -> None:
+    def still(_: Observation) -> np.ndarray:
+        return hold_action(0.0)
 
-    target_real_time_factor = 1.0
-    physics_alive = True
-
-    def real_time_factor(self) -> float:
-        return 0.5
-
-
-def test_ticks_follow_simulated_time() -> None:
-    rate = SimulatedRate(cast(FrankaPickCubeWorld, HalfSpeedWorld()), 50.0)
-    start = rate.wait()
-    for _ in range(5):
-        last = rate.wait()
-    # 5 ticks of 20 ms simulated time at half speed: 200 ms of wall-clock time.
-    assert 0.18 <= last - start < 0.35
-
-
-def test_a_dead_physics_thread_stops_the_clock() -> None:
-    world = HalfSpeedWorld()
-    rate = SimulatedRate(cast(FrankaPickCubeWorld, world), 50.0)
-    rate.wait()
-    world.physics_alive = False
-    with pytest.raises(RuntimeError, match="physics"):
-        rate.wait()
+    config = rollouts.config
+    try:
+        rollouts.config = replace(config, max_steps=2, home_randomization=0.0)
+        home = rollouts.run_episode(still, seed=1).proprio[0, :3]
+        rollouts.config = replace(config, max_steps=2, home_randomization=0.03)
+        starts = [rollouts.run_episode(still, seed=seed).proprio[0, :3] for seed in (1, 2, 1)]
+    finally:
+        rollouts.config = config
+    for start in starts:
+        assert np.all(np.abs(start - home) <= 0.03 + 0.003)
+    assert np.linalg.norm(starts[0] - starts[1]) > 0.005  # another seed, another start
+    assert np.linalg.norm(starts[0] - starts[2]) < 0.003  # the same seed, the same start

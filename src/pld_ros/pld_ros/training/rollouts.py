@@ -4,14 +4,16 @@ evaluate a policy.
 The loop drives the arm the way the robot graph does: franky-sim's arm through
 :class:`~pld_ros.drivers.franky_arm.FrankyBackend` and :class:`~pld_ros.core.arm_controller.ArmController`
 (the profile's safety limits, the arm driver's code path), at the profile's control rate in
-simulated time (:class:`SimulatedRate`: a loaded machine slows the episode down instead of
-changing what a tick means). Each tick it reads the arm, renders the policy's views, asks the
+simulated time (a :class:`~pld_ros.core.rate.RobotClock` on the arm's clock, as the arm driver
+ticks in simulation: a loaded machine slows the episode down instead of changing what a tick
+means). Each tick it reads the arm, renders the policy's views, asks the
 policy for an action and records ``(views, proprio, action, success)``. As in the graph, where
 the arm driver applies a command at its next tick, the action computed from the observation of
 tick ``t`` is applied at tick ``t + 1``.
 
-Between episodes the arm opens its hand, holds, returns to the profile's home joints (blocking)
-and the cube is put back at a random layout. An episode ends after ``max_steps`` ticks or once the
+Between episodes the arm opens its hand, holds, returns to the profile's home joints (blocking),
+moves by a uniform random offset of up to ``home_randomization`` per axis as the supervisor's
+reset does, and the cube is put back at a random layout. An episode ends after ``max_steps`` ticks or once the
 privileged success signal has held for ``success_ticks`` consecutive ticks.
 
 Episodes are stored one ``.npz`` per episode (see :func:`save_episode`), written to a temporary
@@ -40,8 +42,9 @@ from pld_ros.core.observation import (
     hold_action,
     proprio_vector,
 )
-from pld_ros.core.rate import RateKeeper
-from pld_ros.core.safety import DeltaCommand
+from pld_ros.core.rate import RateKeeper, RobotClock
+from pld_ros.core.safety import DeltaCommand, clip_norm
+from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmFault, ArmState
 from pld_ros.drivers.franky_arm import FrankyBackend
 from pld_ros.profile import FrankyArm, Profile
@@ -51,6 +54,10 @@ Policy = Callable[[Observation], npt.ArrayLike]
 """One action (ACTION_DIM) from one observation."""
 
 EPISODE_SUFFIX = ".npz"
+REACH_TOLERANCE = 0.002
+"""m from the randomized start position at which the reset's move ends."""
+START_OFFSET_STREAM = 1
+"""Second seed word of the start offsets, so they are not drawn from the cube layout's stream."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +157,11 @@ class RolloutConfig:
     """Hz of the policy loop (the profile's ``supervisor.control_rate``)."""
     open_timeout: float = 2.0
     """s to wait for the hand to open at a reset."""
+    home_randomization: float = 0.0
+    """Half-width of the uniform random offset of the start position from the home pose, m (the
+    profile's ``supervisor.home_randomization``, so that episodes start where the graph's do)."""
+    reach_ticks: int = 60
+    """Ticks the move to the randomized start may take at most."""
 
     def __post_init__(self) -> None:
         if self.max_steps <= 0 or self.success_ticks <= 0 or self.control_rate <= 0.0:
@@ -162,6 +174,7 @@ def rollout_config(profile: Profile) -> RolloutConfig:
         max_steps=profile.supervisor.max_episode_steps,
         control_rate=profile.supervisor.control_rate,
         success_ticks=profile.reward.stages[0].debounce_frames if profile.reward else 3,
+        home_randomization=profile.supervisor.home_randomization,
     )
 
 
@@ -235,23 +248,58 @@ class SimRollouts:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
         self._connected = True
 
+    def _rate(self) -> RateKeeper:
+        clock = RobotClock(self.controller.backend.robot_time)
+        return RateKeeper(self.config.control_rate, clock=clock.now, sleep=clock.sleep)
+
+    def _let_go(self, rate: RateKeeper) -> None:
+        # Stop commanding until the controller holds, so that the next command restarts the
+        # target from the measured pose (after a joint motion), not from the old target.
+        for _ in range(self.arm.safety.command_timeout_ticks + 1):
+            rate.wait()
+            self._tick(None)
+
+    def _move_to(self, goal: Pose, rate: RateKeeper) -> None:
+        """Step the arm to ``goal`` with delta commands within the safety limits."""
+        limits = self.arm.safety
+        command: DeltaCommand | None = None
+        for _ in range(self.config.reach_ticks):
+            rate.wait()
+            state = self._tick(command)
+            if float(np.linalg.norm(goal.position - state.ee_pose.position)) < REACH_TOLERANCE:
+                return
+            # Step from the integrated target (the measured pose lags it): no overshoot.
+            base = self.controller.safety.target or state.ee_pose
+            translation, rotation = base.delta_to(goal)
+            command = DeltaCommand(
+                clip_norm(translation, limits.max_translation_step)[0],
+                clip_norm(rotation, limits.max_rotation_step)[0],
+                0.0,
+            )
+
     def reset(self, seed: int | None) -> None:
-        """Open the hand, return to the home joints and put the cube at a new random layout."""
+        """Open the hand, return to the home joints, move by the random start offset and put the
+        cube at a new random layout."""
         self._connect()
-        rate = RateKeeper(self.config.control_rate)
+        rate = self._rate()
         deadline = time.monotonic() + self.config.open_timeout
+        radius = self.config.home_randomization
+        offset = np.random.default_rng(None if seed is None else (seed, START_OFFSET_STREAM)).uniform(
+            -radius, radius, size=3
+        )
         for attempt in range(3):
             try:
                 while time.monotonic() < deadline:
                     rate.wait()
                     if self._tick(_command(hold_action(0.0))).gripper_closure < 0.02:
                         break
-                # Stop commanding until the controller holds, so that the next command restarts
-                # the target from the measured pose (after the joint motion), not the old target.
-                for _ in range(self.arm.safety.command_timeout_ticks + 1):
-                    rate.wait()
-                    self._tick(None)
+                self._let_go(rate)
                 self.controller.backend.move_joints(self.arm.home_joints)
+                if radius > 0.0:
+                    rate.wait()
+                    home = self._tick(None).ee_pose
+                    self._move_to(Pose(home.position + offset, home.orientation), rate)
+                    self._let_go(rate)
                 break
             except ArmFault as fault:
                 # On a loaded machine franky's planner now and then rejects its start state; the
@@ -273,7 +321,7 @@ class SimRollouts:
         """Reset, then run ``policy`` once per tick until success or ``max_steps``."""
         self.reset(seed)
         cfg = self.config
-        rate = SimulatedRate(self.world, cfg.control_rate)
+        rate = self._rate()
         frames: list[npt.NDArray[np.uint8]] = []
         proprio: list[Float32Array] = []
         actions: list[Float32Array] = []
@@ -316,48 +364,6 @@ class SimRollouts:
             succeeded=streak >= cfg.success_ticks,
             fault=fault,
         )
-
-
-class SimulatedRate:
-    """Ticks every ``1 / rate_hz`` seconds of *simulated* time.
-
-    When the machine cannot keep the physics at its pace (other processes, this loop's renders
-    and models), the arm moves less per wall-clock second; ticking on wall-clock time would then
-    give the policy less motion per tick than at real time, and the integrated targets run ahead
-    of the arm (the safety filter bounds that lead for translation only). Ticking on simulated
-    time keeps every tick what it is on a machine that keeps up, so that collected data and
-    success rates do not depend on the load.
-    """
-
-    def __init__(self, world: FrankaPickCubeWorld, rate_hz: float, *, poll: float = 0.002) -> None:
-        if rate_hz <= 0.0:
-            raise ValueError(f"rate must be positive, got {rate_hz}")
-        self.period = 1.0 / rate_hz
-        self._world = world
-        self._poll = poll
-        self._elapsed: float | None = None  # simulated s since the last tick
-        self._mark = 0.0  # wall-clock time the simulated time was last measured
-
-    def wait(self) -> float:
-        """Sleep until a period of simulated time has passed since the last tick; return the
-        wall-clock time (monotonic) of this tick."""
-        if self._elapsed is None:
-            self._world.real_time_factor()  # starts the measurement window
-            self._mark, self._elapsed = time.monotonic(), 0.0
-            return self._mark
-        while True:
-            if not self._world.physics_alive:
-                raise RuntimeError("the simulated world's physics thread has died")
-            now = time.monotonic()
-            # Simulated seconds since the last measurement: its pace times the wall-clock time.
-            self._elapsed += self._world.real_time_factor() * (now - self._mark)
-            self._mark = now
-            if self._elapsed >= self.period:
-                break
-            time.sleep(max(self._poll, (self.period - self._elapsed) / self._world.target_real_time_factor))
-        # A stall (a slow policy call) is not made up for by ticking faster afterwards.
-        self._elapsed = min(self._elapsed - self.period, 0.5 * self.period)
-        return self._mark
 
 
 def _command(action: Float32Array) -> DeltaCommand:
