@@ -43,7 +43,7 @@ class EpisodeSteps:
         steps = len(self.residual)
         if steps < 1:
             raise ValueError("an episode needs at least one learning step")
-        expected = {
+        expected: dict[str, tuple[npt.NDArray[np.generic], int, int]] = {
             "state": (self.state, steps + 1, 2),
             "base_action": (self.base_action, steps + 1, 2),
             "residual": (self.residual, steps, 2),
