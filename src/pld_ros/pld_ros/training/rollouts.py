@@ -17,23 +17,23 @@ reset does, and the cube is put back at a random layout. An episode ends after `
 privileged success signal has held for ``success_ticks`` consecutive ticks.
 
 Episodes are stored one ``.npz`` per episode (see :func:`save_episode`), written to a temporary
-name and renamed, so a killed collection never leaves half an episode behind.
+name, fsync'd and renamed, so a killed collection never leaves half an episode behind.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import numpy.typing as npt
 
 from pld_ros.core.arm_controller import ArmController, ArmMode
+from pld_ros.core.atomic_file import atomic_write
 from pld_ros.core.observation import (
     ACTION_DIM,
     PROPRIO_DIM,
@@ -86,29 +86,23 @@ class Episode:
 
 
 def save_episode(episode: Episode, path: Path) -> Path:
-    """Write ``episode`` to ``path`` (.npz, compressed) atomically: a temporary file in the same
-    directory, renamed when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            np.savez_compressed(
-                out,
-                views=episode.views,
-                proprio=episode.proprio,
-                actions=episode.actions,
-                success=episode.success,
-                view_names=np.array(episode.view_names),
-                seed=np.int64(episode.seed),
-                succeeded=np.bool_(episode.succeeded),
-                fault=np.str_(episode.fault),
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    return path
+    """Write ``episode`` to ``path`` (.npz, compressed) atomically and durably
+    (:func:`~pld_ros.core.atomic_file.atomic_write`)."""
+
+    def write(out: BinaryIO) -> None:
+        np.savez_compressed(
+            out,
+            views=episode.views,
+            proprio=episode.proprio,
+            actions=episode.actions,
+            success=episode.success,
+            view_names=np.array(episode.view_names),
+            seed=np.int64(episode.seed),
+            succeeded=np.bool_(episode.succeeded),
+            fault=np.str_(episode.fault),
+        )
+
+    return atomic_write(path, write)
 
 
 def load_episode(path: Path) -> Episode:
