@@ -4,16 +4,15 @@ import numpy as np
 import pytest
 import torch
 
+from pld_ros.core.episode import RunMode, Source
 from pld_ros.core.observation import Observation, hold_action
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
 from pld_ros.models.resnet10 import ResNet10Config
 from pld_ros.policies.residual import (
-    ActionSource,
     ActorWeights,
     HumanStep,
     OnnxRunner,
     ResidualController,
-    RunMode,
     TickResult,
     TorchRunner,
     xi_at,
@@ -77,7 +76,7 @@ def controller() -> ResidualController:
 def test_probe_takeover_switches_at_exactly_step_k(controller: ResidualController) -> None:
     actor = pushing_actor()
     sources = [tick(controller, RunMode.PROBE_TAKEOVER, step, k=3, actor=actor).source for step in range(6)]
-    assert sources == [ActionSource.BASE] * 3 + [ActionSource.COMBINED] * 3
+    assert sources == [Source.BASE] * 3 + [Source.COMBINED] * 3
 
 
 def test_probing_does_not_compute_the_residual(controller: ResidualController) -> None:
@@ -87,7 +86,7 @@ def test_probing_does_not_compute_the_residual(controller: ResidualController) -
 
 def test_combined_action_is_base_plus_xi_times_scaled_residual(controller: ResidualController) -> None:
     result = tick(controller, RunMode.RESIDUAL_ONLY, 0)
-    assert result.source is ActionSource.COMBINED and result.xi == pytest.approx(0.1)
+    assert result.source is Source.COMBINED and result.xi == pytest.approx(0.1)
     assert result.residual is not None
     np.testing.assert_allclose(result.residual, 0.5, atol=1e-5)  # deterministic in evaluation
     scale = np.array(CONFIG.residual_scale, dtype=np.float32)
@@ -109,12 +108,12 @@ def test_a_fresh_actor_leaves_the_base_action_in_evaluation(controller: Residual
 def test_base_only_never_uses_the_residual(controller: ResidualController) -> None:
     for step in range(5):
         result = tick(controller, RunMode.BASE_ONLY, step, k=0)
-        assert result.source is ActionSource.BASE and result.residual is None
+        assert result.source is Source.BASE and result.residual is None
 
 
 def test_a_hold_is_forwarded_without_residual(controller: ResidualController) -> None:
     result = tick(controller, RunMode.RESIDUAL_ONLY, 4, fresh=False)
-    assert result.source is ActionSource.BASE
+    assert result.source is Source.BASE
     np.testing.assert_array_equal(result.action, hold_action(0.5))
 
 
@@ -122,18 +121,18 @@ def test_a_recent_human_step_wins_in_every_phase(controller: ResidualController)
     human = HumanStep(np.array([0, 0, 0.01, 0, 0, 0, 1], np.float32), received=9.85)
     for mode, step in ((RunMode.BASE_ONLY, 0), (RunMode.PROBE_TAKEOVER, 0), (RunMode.PROBE_TAKEOVER, 9)):
         result = tick(controller, mode, step, human=human)
-        assert result.source is ActionSource.HUMAN
+        assert result.source is Source.HUMAN
         np.testing.assert_array_equal(result.action, human.action)
 
 
 def test_an_old_human_step_gives_control_back(controller: ResidualController) -> None:
     human = HumanStep(np.zeros(7, np.float32), received=9.7)  # 0.3 s old, hold time 0.2 s
-    assert tick(controller, RunMode.RESIDUAL_ONLY, 0, human=human).source is ActionSource.COMBINED
+    assert tick(controller, RunMode.RESIDUAL_ONLY, 0, human=human).source is Source.COMBINED
 
 
 def test_no_observation_falls_back_to_the_base_action_and_says_so(controller: ResidualController) -> None:
     result = tick(controller, RunMode.RESIDUAL_ONLY, 0, observation=None)
-    assert result.source is ActionSource.BASE and result.observation_missing
+    assert result.source is Source.BASE and result.observation_missing
 
 
 def test_gripper_stays_in_range() -> None:

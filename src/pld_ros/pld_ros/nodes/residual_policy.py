@@ -49,6 +49,7 @@ from pld_msgs.msg import (
     PolicyWeights,
     RobotState,
 )
+from pld_ros.core.episode import RunMode, Source
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM, Float32Array
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
@@ -57,12 +58,10 @@ from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.residual import (
-    ActionSource,
     ActorWeights,
     HumanStep,
     OnnxRunner,
     ResidualController,
-    RunMode,
     TickResult,
     xi_at,
 )
@@ -317,9 +316,7 @@ class ResidualPolicyNode(Node):
 
     def _count(self, result: TickResult) -> None:
         self.counters["ticks"] += 1
-        key = {ActionSource.BASE: "base_steps", ActionSource.COMBINED: "combined_steps"}.get(
-            result.source, "human_steps"
-        )
+        key = {Source.BASE: "base_steps", Source.COMBINED: "combined_steps"}.get(result.source, "human_steps")
         self.counters[key] += 1
         if result.observation_missing:
             self.counters["no_observation_ticks"] += 1

@@ -27,34 +27,16 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from pld_ros.core.episode import RunMode, Source
 from pld_ros.core.observation import ACTION_DIM, GRIPPER, PROPRIO_DIM, Float32Array, Observation
 from pld_ros.models.residual_actor import ResidualActor
 from pld_ros.policies.onnx_runtime import inference_session
 from pld_ros.profile import XiSchedule
-
-
-class RunMode(IntEnum):
-    """Values of ``pld_msgs/RunMode``."""
-
-    BASE_ONLY = 0
-    PROBE_TAKEOVER = 1
-    RESIDUAL_ONLY = 2
-
-
-class ActionSource(IntEnum):
-    """Values of ``pld_msgs/ActionSource``."""
-
-    BASE = 0
-    RESIDUAL = 1
-    COMBINED = 2
-    HUMAN = 3
-    RESET = 4
 
 
 def xi_at(schedule: XiSchedule, updates: int) -> float:
@@ -148,7 +130,7 @@ class HumanStep:
 class TickResult:
     action: Float32Array
     """The action to execute (7)."""
-    source: ActionSource
+    source: Source
     residual: Float32Array | None
     """The actor's raw residual in [-1, 1] (7), or None when it was not computed."""
     xi: float
@@ -185,14 +167,14 @@ class ResidualController:
             raise ValueError(f"a base action has {ACTION_DIM} values, got shape {base.shape}")
         xi = xi_at(self.xi, weights.updates)
         if human is not None and now - human.received <= self.hold_time:
-            return TickResult(human.action, ActionSource.HUMAN, None, xi)
+            return TickResult(human.action, Source.HUMAN, None, xi)
         residual_due = mode is RunMode.RESIDUAL_ONLY or (
             mode is RunMode.PROBE_TAKEOVER and step >= probe_steps
         )
         if not base_fresh or not residual_due:
-            return TickResult(base, ActionSource.BASE, None, xi)
+            return TickResult(base, Source.BASE, None, xi)
         if observation is None:
-            return TickResult(base, ActionSource.BASE, None, xi, observation_missing=True)
+            return TickResult(base, Source.BASE, None, xi, observation_missing=True)
         mean, log_std = weights.runner.distribution(
             observation.stacked_views(self.views), observation.proprio, base
         )
@@ -202,4 +184,4 @@ class ResidualController:
         scale = np.asarray(weights.residual_scale, dtype=np.float32)
         action = (base + xi * scale * residual).astype(np.float32)
         action[GRIPPER] = np.clip(action[GRIPPER], 0.0, 1.0)
-        return TickResult(action, ActionSource.COMBINED, residual, xi)
+        return TickResult(action, Source.COMBINED, residual, xi)
