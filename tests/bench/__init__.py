@@ -1,0 +1,1 @@
+"""Tests of the benchmarks (their pure-Python parts: the simulators are not in the main venv)."""

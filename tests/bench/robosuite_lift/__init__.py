@@ -1,0 +1,1 @@
+"""Tests of the robosuite Lift benchmark that need no robosuite: expert, BC, episode loop."""
