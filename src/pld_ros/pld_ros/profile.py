@@ -399,6 +399,28 @@ class Trainer(_Section):
     """Pretrained ResNet-10 weights (safetensors); none trains the encoder from scratch."""
     publish_every_updates: PositiveInt = 500
     """Learner updates between two published weight versions."""
+    critic_hidden_dim: PositiveInt = 256
+    """Units of each hidden layer of each Q-network (our choice: the actor's width)."""
+    critic_num_layers: PositiveInt = 2
+    """Linear -> LayerNorm -> tanh blocks of each Q-network (our choice: two, as the RLPD and SERL
+    critics)."""
+    weight_decay: NonNegativeFloat = 0.01
+    """AdamW's decoupled weight decay of the actor and critic (our choice: torch's AdamW default;
+    the paper names AdamW without its decay). The temperature is not decayed."""
+    target_entropy: float | None = None
+    """Entropy the temperature steers the actor's policy to, nats; None: -A, minus the residual's
+    dimensions (SAC's usual heuristic, our choice)."""
+    backup_entropy: bool = False
+    """Subtract the temperature-weighted log-probability of the chosen residual in the on-the-fly
+    backup (plain SAC does; our choice is not to: the backup takes the best of the sampled
+    residuals, a greedy value that an entropy bonus would blur)."""
+    cql_alpha: NonNegativeFloat = 5.0
+    """Weight of Cal-QL's conservative term in the critic pretraining (our choice; the CQL and
+    Cal-QL papers tune it per domain). 0 pretrains with the TD loss alone (the "PLD without Cal-QL"
+    ablation; calql_pretrain_steps 0 skips the pretraining altogether)."""
+    cql_samples: PositiveInt = 10
+    """Residuals per state drawn uniformly and from the actor each for the conservative term's
+    log-sum-exp (our choice, the CQL paper's 10)."""
 
 
 class Recording(_Section):
