@@ -399,6 +399,10 @@ class Trainer(_Section):
     """Pretrained ResNet-10 weights (safetensors); none trains the encoder from scratch."""
     publish_every_updates: PositiveInt = 500
     """Learner updates between two published weight versions."""
+    updates_per_step: PositiveFloat = 1.0
+    """Online updates per environment transition received, the update-to-data ratio (our choice;
+    RLPD raises it with larger critic ensembles). The learner never runs ahead of it, so a trickle
+    of robot data is not overfitted; a machine too slow to keep up just falls behind."""
     critic_hidden_dim: PositiveInt = 256
     """Units of each hidden layer of each Q-network (our choice: the actor's width)."""
     critic_num_layers: PositiveInt = 2
