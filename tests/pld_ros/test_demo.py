@@ -19,6 +19,7 @@ import yaml
 
 from pld_ros.core.episode_log import EpisodeRecord, read_episodes
 from pld_ros.core.observation import ACTION_DIM
+from pld_ros.learning.episode_store import EpisodeStore
 from tests.conftest import CONFIG_DIR
 from tests.openpi_server import OpenpiTestServer
 from tests.processes import Watched
@@ -41,6 +42,7 @@ def demo_profile(tmp_path: Path, host: str, **sections: dict[str, object]) -> Pa
             "settle_time": 0.2,
             "run_directory": str(tmp_path / "runs"),
         },
+        "buffer": {"directory": str(tmp_path / "episodes")},
         **sections,
     }
     path = tmp_path / "demo_sim.yaml"
@@ -81,6 +83,13 @@ def test_demo_runs_episodes_unattended_and_summarizes_them(tmp_path: Path) -> No
     assert takeovers >= 1, output[-6000:]
     assert "success rate" in output
     assert (run_dir / "outcomes.png").stat().st_size > 0
+    # The replay buffer stored every counted episode whole, with the supervisor's outcome.
+    with EpisodeStore(tmp_path / "episodes", writable=False) as store:
+        stored = {e.meta.episode_id: e for e in store.episodes()}
+        assert not store.problems
+    for record in records:
+        assert stored[record.episode_id].meta.outcome.name.lower() == record.outcome
+        assert len(stored[record.episode_id]) >= record.steps - 1
 
 
 def test_demo_with_the_onnx_success_classifier(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ def test_unknown_node_lookup_names_the_profile() -> None:
 
 def test_simulated_franka_graph_hosts_the_world_and_drives_it_through_the_arm_driver() -> None:
     sim = build_graph(load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
-    episode_layer = ["base_policy", "residual_policy", "reward_classifier", "supervisor"]
+    episode_layer = ["base_policy", "residual_policy", "reward_classifier", "replay_buffer", "supervisor"]
     assert [n.name for n in sim.nodes] == ["health_monitor", "sim_world", "arm_driver", *episode_layer]
     assert sim.node("arm_driver").parameters == {"profile": "/p.yaml", "arm": "arm"}
     assert sim.node("health_monitor").parameters["expected"] == [

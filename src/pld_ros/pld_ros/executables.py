@@ -13,6 +13,7 @@ NODE_EXECUTABLES = {
     "sim_world": "pld_ros.nodes.sim_world",
     "base_policy": "pld_ros.nodes.base_policy",
     "residual_policy": "pld_ros.nodes.residual_policy",
+    "replay_buffer": "pld_ros.nodes.replay_buffer",
     "reward_classifier": "pld_ros.nodes.reward_classifier",
     "supervisor": "pld_ros.nodes.supervisor",
     "teleop": "pld_ros.nodes.teleop",

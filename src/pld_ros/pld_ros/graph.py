@@ -74,6 +74,10 @@ def _episode_layer(
             )
         )
     if profile.policies is not None and profile.reward is not None:
+        # Records every episode the graph runs (buffer.directory) and streams it to the trainer.
+        nodes.append(
+            NodeSpec(name="replay_buffer", executable="replay_buffer", parameters=dict(profile_parameter))
+        )
         supervisor: dict[str, ParameterValue] = {**profile_parameter, "requires": ["/residual_policy"]}
         if episodes is not None:
             supervisor["episodes"] = episodes

@@ -15,6 +15,16 @@ its next start, so a tick runs on one version from start to end. A bad file is r
 reported on /diagnostics (``pld/policy/residual``); the node keeps running on the last good
 weights. The ``updates`` of the weights' metadata set xi (see the profile's ``XiSchedule``).
 
+Each tick it acts on also goes to the replay buffer as one ``StepRecord`` on ``buffer/steps``
+(published after the command, so the arm never waits for it): the observation it used (policy
+views, proprioception), the base action, the actor's normalized residual (zeros unless COMBINED),
+xi, the executed action, the source and the episode's phase (PROBING until step k, TAKEOVER from
+there; TAKEOVER throughout RESIDUAL_ONLY). A tick without an observation (a stale camera) sends
+no record (counted as ``unrecorded_ticks``); the replay buffer then reports the episode
+incomplete. Its cost, measured with two 128x128 views on the 2-core development machine under load
+and the replay buffer subscribed from another process: 0.67 ms median, 2.5 ms p90, 3.1 ms p99 per
+tick (0.37 ms median with no subscriber).
+
 A node that starts while an episode runs sees the episode's STARTED (transient local events) and
 counts steps from its first base action, so its ``step`` lags the supervisor's.
 """
@@ -48,14 +58,17 @@ from pld_msgs.msg import (
     EpisodePhase,
     PolicyWeights,
     RobotState,
+    StepRecord,
 )
-from pld_ros.core.episode import RunMode, Source
+from pld_ros.core.episode import Phase, RunMode, Source
 from pld_ros.core.frame_sync import NoSet
-from pld_ros.core.observation import ACTION_DIM, Float32Array
+from pld_ros.core.observation import ACTION_DIM, Float32Array, Observation
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
+from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
+from pld_ros.nodes.replay_buffer import STEPS_QOS, STEPS_TOPIC
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.residual import (
     ActorWeights,
@@ -97,6 +110,15 @@ class _Episode:
     mode: RunMode
     probe_steps: int
     step: int = 0
+
+    @property
+    def phase(self) -> Phase:
+        """PROBING while the base policy acts alone (warm-up included), TAKEOVER from step k on."""
+        if self.mode is RunMode.RESIDUAL_ONLY or (
+            self.mode is RunMode.PROBE_TAKEOVER and self.step >= self.probe_steps
+        ):
+            return Phase.TAKEOVER
+        return Phase.PROBING
 
 
 def actor_config(profile: Profile, arm: str, views: int) -> ResidualActorConfig:
@@ -144,6 +166,7 @@ class ResidualPolicyNode(Node):
                 f"the views {', '.join(views)} must share one policy_view size, got {sizes}"
             )
         self.images_shape = (len(views), *sizes.pop(), 3)
+        self.robot_id = profile.robot_id
         self.config = actor_config(profile, arm, len(views))
         self.controller = ResidualController(
             views, profile.policies.residual.xi, hold_time=profile.teleop.hold_time
@@ -168,6 +191,7 @@ class ResidualPolicyNode(Node):
             "combined_steps": 0,
             "human_steps": 0,
             "no_observation_ticks": 0,
+            "unrecorded_ticks": 0,
             "rejected_weights": 0,
             "loaded_weights": 0,
         }
@@ -178,6 +202,7 @@ class ResidualPolicyNode(Node):
         self._loader.start()
 
         self._command_pub = self.create_publisher(DeltaPoseCommand, f"{arm}/command", 10)
+        self._record_pub = self.create_publisher(StepRecord, STEPS_TOPIC, STEPS_QOS)
         self._diag_pub = diagnostics_publisher(self)
         self.create_subscription(BaseAction, "policy/base/action", self._on_base_action, 10)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
@@ -296,6 +321,10 @@ class ResidualPolicyNode(Node):
             now=now,
         )
         self._publish_command(base, episode, result, now)
+        if observation is None:
+            self.counters["unrecorded_ticks"] += 1
+        else:
+            self._publish_record(base, episode, result, observation, weights.version)
         episode.step += 1
         self._count(result)
         self._latencies.append(time.perf_counter() - started)
@@ -313,6 +342,31 @@ class ResidualPolicyNode(Node):
         command.translation.x, command.translation.y, command.translation.z = (float(v) for v in action[:3])
         command.rotation.x, command.rotation.y, command.rotation.z = (float(v) for v in action[3:6])
         self._command_pub.publish(command)
+
+    def _publish_record(
+        self, base: BaseAction, episode: _Episode, result: TickResult, observation: Observation, version: int
+    ) -> None:
+        record = StepRecord(
+            robot_id=self.robot_id,
+            episode_id=episode.episode_id,
+            step=episode.step,
+            xi=float(result.xi),
+            base_policy=base.policy,
+            residual_version=version,
+            view_names=list(self.controller.views),
+        )
+        record.header.stamp = base.header.stamp
+        record.mode.value = int(episode.mode)
+        record.phase.value = int(episode.phase)
+        record.source.value = int(result.source)
+        record.views = [
+            image_message(observation.views[view], base.header.stamp, view) for view in self.controller.views
+        ]
+        record.proprio = observation.proprio
+        record.base_action = np.asarray(base.action, dtype=np.float32)
+        record.residual = result.residual if result.residual is not None else np.zeros(ACTION_DIM, np.float32)
+        record.executed_action = result.action
+        self._record_pub.publish(record)
 
     def _count(self, result: TickResult) -> None:
         self.counters["ticks"] += 1
