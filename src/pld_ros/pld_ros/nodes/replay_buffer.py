@@ -34,21 +34,19 @@ import sys
 import threading
 import time
 
-import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from pld_msgs.msg import EpisodeEvent, StepRecord
-from pld_ros.core.episode import Outcome, Phase, RunMode, Source
+from pld_ros.core.episode import Outcome, RunMode
 from pld_ros.core.episode_log import run_directory_name
-from pld_ros.learning.episode_assembler import GRACE, Assembled, Dropped, Ending, EpisodeAssembler, Tick
+from pld_ros.learning.episode_assembler import GRACE, Assembled, Dropped, Ending, EpisodeAssembler
 from pld_ros.learning.episode_store import EpisodeStore, RecordedEpisode, buffer_for
-from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.observations import image_array
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
+from pld_ros.nodes.step_records import records_of, tick_of
 from pld_ros.nodes.supervisor import EVENTS_QOS
 from pld_ros.profile import Profile
 
@@ -137,7 +135,7 @@ class ReplayBufferNode(Node):
     def _on_record(self, record: StepRecord) -> None:
         self.counters["records"] += 1
         try:
-            tick = self._tick_of(record)
+            tick = tick_of(record, self.profile.robot_id, self.view_names)
         except ValueError as exc:
             self.counters["malformed_records"] += 1
             self.get_logger().error(
@@ -145,27 +143,6 @@ class ReplayBufferNode(Node):
             )
             return
         self._handle(self.assembler.add(tick, self._now()))
-
-    def _tick_of(self, record: StepRecord) -> Tick:
-        if record.robot_id != self.profile.robot_id:
-            raise ValueError(f"robot_id {record.robot_id!r} is not {self.profile.robot_id!r}")
-        if tuple(record.view_names) != self.view_names:
-            raise ValueError(f"views {list(record.view_names)} are not {list(self.view_names)}")
-        return Tick(
-            episode_id=int(record.episode_id),
-            step=int(record.step),
-            views=np.stack([image_array(image) for image in record.views]),
-            proprio=np.asarray(record.proprio, dtype=np.float32),
-            base_action=np.asarray(record.base_action, dtype=np.float32),
-            executed_action=np.asarray(record.executed_action, dtype=np.float32),
-            residual=np.asarray(record.residual, dtype=np.float32),
-            xi=float(record.xi),
-            phase=Phase(record.phase.value),
-            source=Source(record.source.value),
-            base_policy=record.base_policy,
-            residual_version=int(record.residual_version),
-            wall_time=time.time(),
-        )
 
     def _on_event(self, event: EpisodeEvent) -> None:
         if event.event != EpisodeEvent.ENDED or event.robot_id != self.profile.robot_id:
@@ -214,35 +191,7 @@ class ReplayBufferNode(Node):
                 self._stream(episode)
 
     def _stream(self, episode: RecordedEpisode) -> None:
-        meta = episode.meta
-        last = len(episode) - 1
-        for step in range(len(episode)):
-            record = StepRecord(
-                robot_id=meta.robot_id,
-                run_id=meta.run_id,
-                episode_id=meta.episode_id,
-                step=step,
-                view_names=list(episode.view_names),
-                xi=meta.xi,
-                base_policy=meta.base_policy,
-                residual_version=int(meta.residual_version or 0),
-                reward=float(episode.reward[step]),
-                terminated=step == last and meta.outcome is Outcome.SUCCESS,
-                truncated=step == last and meta.outcome is not Outcome.SUCCESS,
-            )
-            record.header.stamp = self.get_clock().now().to_msg()
-            record.mode.value = int(meta.mode)
-            record.outcome.value = int(meta.outcome)
-            record.phase.value = int(episode.phase[step])
-            record.source.value = int(episode.source[step])
-            record.views = [
-                image_message(view, record.header.stamp, name)
-                for name, view in zip(episode.view_names, episode.views[step], strict=True)
-            ]
-            record.proprio = episode.proprio[step]
-            record.base_action = episode.base_action[step]
-            record.residual = episode.residual[step]
-            record.executed_action = episode.executed_action[step]
+        for record in records_of(episode, self.get_clock().now().to_msg()):
             self._stream_pub.publish(record)
         self.counters["streamed_episodes"] += 1
 

@@ -63,7 +63,7 @@ from pld_msgs.msg import (
 from pld_ros.core.episode import Phase, RunMode, Source
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM, Float32Array, Observation
-from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
+from pld_ros.models.residual_actor import ResidualActor
 from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
@@ -76,6 +76,7 @@ from pld_ros.policies.residual import (
     OnnxRunner,
     ResidualController,
     TickResult,
+    actor_config,
     xi_at,
 )
 from pld_ros.policies.weights import (
@@ -87,7 +88,6 @@ from pld_ros.policies.weights import (
     load_local,
     load_verified,
 )
-from pld_ros.profile import Profile
 
 EVENTS_QOS = QoSProfile(
     depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
@@ -119,20 +119,6 @@ class _Episode:
         ):
             return Phase.TAKEOVER
         return Phase.PROBING
-
-
-def actor_config(profile: Profile, arm: str, views: int) -> ResidualActorConfig:
-    """The actor the profile describes; a residual of 1 is the arm's largest step (see residual_actor)."""
-    assert profile.policies is not None
-    residual = profile.policies.residual
-    safety = profile.arms[arm].safety
-    translation, rotation = safety.max_translation_step, safety.max_rotation_step
-    return ResidualActorConfig(
-        num_views=views,
-        hidden_dim=residual.hidden_dim,
-        num_layers=residual.num_layers,
-        residual_scale=(translation,) * 3 + (rotation,) * 3 + (1.0,),
-    )
 
 
 def metadata_int(weights: VerifiedWeights, key: str, default: int) -> int:
@@ -167,7 +153,7 @@ class ResidualPolicyNode(Node):
             )
         self.images_shape = (len(views), *sizes.pop(), 3)
         self.robot_id = profile.robot_id
-        self.config = actor_config(profile, arm, len(views))
+        self.config = actor_config(profile)
         self.controller = ResidualController(
             views, profile.policies.residual.xi, hold_time=profile.teleop.hold_time
         )

@@ -34,9 +34,26 @@ import torch
 
 from pld_ros.core.episode import RunMode, Source
 from pld_ros.core.observation import ACTION_DIM, GRIPPER, PROPRIO_DIM, Float32Array, Observation
-from pld_ros.models.residual_actor import ResidualActor
+from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig
 from pld_ros.policies.onnx_runtime import inference_session
-from pld_ros.profile import XiSchedule
+from pld_ros.profile import Profile, XiSchedule
+
+
+def actor_config(profile: Profile) -> ResidualActorConfig:
+    """The residual actor a profile describes, for the node that runs it and the trainer that
+    trains it: one input per base-policy view, and a residual of 1 is the control arm's largest
+    step per tick (see :mod:`pld_ros.models.residual_actor`)."""
+    if profile.policies is None:
+        raise ValueError(f"profile {profile.name!r} has no policies section")
+    residual = profile.policies.residual
+    safety = profile.arms[profile.control_arm].safety
+    translation, rotation = safety.max_translation_step, safety.max_rotation_step
+    return ResidualActorConfig(
+        num_views=len(profile.policies.base.views),
+        hidden_dim=residual.hidden_dim,
+        num_layers=residual.num_layers,
+        residual_scale=(translation,) * 3 + (rotation,) * 3 + (1.0,),
+    )
 
 
 def xi_at(schedule: XiSchedule, updates: int) -> float:
