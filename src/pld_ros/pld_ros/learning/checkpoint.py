@@ -78,10 +78,17 @@ def save_checkpoint(
     shutil.rmtree(previous, ignore_errors=True)
 
 
+def _existing(directory: Path) -> Path:
+    """``directory``, or the previous checkpoint when a kill fell between the two renames."""
+    for candidate in (directory, directory.with_name(directory.name + ".old")):
+        if (candidate / SCALARS_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+
+
 def read_scalars(directory: Path) -> dict[str, Any]:
     """The scalars of the checkpoint in ``directory``; FileNotFoundError without one."""
-    if not (directory / SCALARS_FILE).is_file():
-        raise FileNotFoundError(f"no checkpoint in {directory}")
+    directory = _existing(directory)
     scalars: dict[str, Any] = json.loads((directory / SCALARS_FILE).read_text())["scalars"]
     return scalars
 
@@ -94,6 +101,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load a checkpoint into ``modules``, ``optimizers`` and ``tensors`` (copied in place, names
     and shapes must match); returns its scalars. FileNotFoundError without one."""
+    directory = _existing(directory)
     scalars = read_scalars(directory)
     saved = json.loads((directory / SCALARS_FILE).read_text())
     for name, module in modules.items():
