@@ -26,7 +26,7 @@ def test_a_kill_between_the_renames_falls_back_to_the_previous_checkpoint(tmp_pa
     directory.rename(tmp_path / "checkpoint.old")
     modules, optimizers, tensors = parts(0.0)
     assert load_checkpoint(directory, modules, optimizers, tensors) == {"updates": 1}
-    assert float(modules["net"].weight[0, 0]) == 1.0 and float(tensors["t"]) == 1.0
+    assert float(modules["net"].state_dict()["weight"][0, 0]) == 1.0 and float(tensors["t"]) == 1.0
 
 
 def test_no_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
