@@ -17,4 +17,5 @@ NODE_EXECUTABLES = {
     "reward_classifier": "pld_ros.nodes.reward_classifier",
     "supervisor": "pld_ros.nodes.supervisor",
     "teleop": "pld_ros.nodes.teleop",
+    "trainer": "pld_ros.nodes.trainer",
 }

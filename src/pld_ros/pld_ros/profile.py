@@ -374,6 +374,9 @@ class Buffer(_Section):
 class Trainer(_Section):
     """The Stage 1 learner; defaults are the PLD paper's unless marked otherwise."""
 
+    directory: UserPath = Path("~/.local/share/pld/trainer")
+    """The trainer's own files: the episodes it received (episodes/), its checkpoint
+    (checkpoint/) and the weights it published (weights/); a restart resumes from them."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_size: PositiveInt = 256
     discount: Annotated[float, Field(gt=0.0, le=1.0)] = 0.99
@@ -634,6 +637,7 @@ PATH_FIELDS = (
     ("policies", "residual", "weights"),
     ("reward", "path"),
     ("trainer", "encoder_weights"),
+    ("trainer", "directory"),
     ("buffer", "directory"),
     ("recording", "directory"),
     ("supervisor", "run_directory"),
