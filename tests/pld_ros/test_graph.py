@@ -56,6 +56,14 @@ def test_simulated_franka_graph_hosts_the_world_and_drives_it_through_the_arm_dr
     assert "sim_world" not in [n.name for n in real.nodes]
 
 
+def test_a_local_trainer_joins_the_graph_only_when_the_profile_asks() -> None:
+    profile = load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR)
+    assert "trainer" not in [n.name for n in build_graph(profile, Path("/p.yaml")).nodes]
+    local = profile.model_copy(update={"trainer": profile.trainer.model_copy(update={"in_graph": True})})
+    graph = build_graph(local, Path("/p.yaml"))
+    assert graph.node("trainer").parameters == {"profile": "/p.yaml"}
+
+
 def test_an_external_simulator_is_connected_to_not_hosted() -> None:
     path = FIXTURES / "profiles" / "franka_arm_sim.yaml"
     graph = build_graph(load_profile(path, sim=True), path)

@@ -169,6 +169,40 @@ def teleop(
     raise typer.Exit(run_node(TeleopNode, ["pld", *ros_args]))
 
 
+@app.command()
+def trainer(
+    profile: ProfileArg,
+    sim: SimOption = False,
+    robot: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Namespace of a robot graph to learn from (repeat for several; default: the trainer's own)."
+        ),
+    ] = None,
+    weights_url: Annotated[
+        str, typer.Option(help="URL under which robots fetch the weights folder (default: file://).")
+    ] = "",
+) -> None:
+    """Run Stage 1's trainer for a profile's robots, here in the foreground, until Ctrl-C.
+
+    On the robot's computer or a GPU box on the same ROS domain. It learns from the episodes the
+    robots' replay buffers stream, announces versioned weights to their residual nodes and resumes
+    from its directory (trainer.directory) after a restart.
+    """
+    try:
+        path = resolve_profile_path(profile, sim=sim)
+        load_profile(path, sim=sim)
+    except ProfileError as exc:
+        raise _fail(str(exc)) from None
+    from pld_ros.nodes.runner import run_node
+    from pld_ros.nodes.trainer import TrainerNode
+
+    ros_args = ["--ros-args", "-p", f"profile:={path}", "-p", f"weights_url:={weights_url}"]
+    if robot:
+        ros_args += ["-p", f"robots:=[{','.join(repr(r) for r in robot)}]"]
+    raise typer.Exit(run_node(TrainerNode, ["pld", *ros_args]))
+
+
 @profile_app.command("list")
 def profile_list() -> None:
     """List the profiles shipped in config/."""

@@ -78,6 +78,8 @@ def _episode_layer(
         nodes.append(
             NodeSpec(name="replay_buffer", executable="replay_buffer", parameters=dict(profile_parameter))
         )
+        if profile.trainer.in_graph:
+            nodes.append(NodeSpec(name="trainer", executable="trainer", parameters=dict(profile_parameter)))
         supervisor: dict[str, ParameterValue] = {**profile_parameter, "requires": ["/residual_policy"]}
         if episodes is not None:
             supervisor["episodes"] = episodes

@@ -374,6 +374,9 @@ class Buffer(_Section):
 class Trainer(_Section):
     """The Stage 1 learner; defaults are the PLD paper's unless marked otherwise."""
 
+    in_graph: bool = False
+    """Run the trainer as a node of the robot's graph (a local trainer); off: it runs elsewhere,
+    started with ``pld trainer PROFILE`` (e.g. on a GPU box on the same ROS domain)."""
     directory: UserPath = Path("~/.local/share/pld/trainer")
     """The trainer's own files: the episodes it received (episodes/), its checkpoint
     (checkpoint/) and the weights it published (weights/); a restart resumes from them."""
