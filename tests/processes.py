@@ -6,9 +6,11 @@ import os
 import queue
 import re
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def _normal_scheduling() -> None:
@@ -68,3 +70,19 @@ class Watched:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def node_process(module: str, namespace: str, profile: Path, **parameters: str) -> Watched:
+    """A pld_ros node module run as its own process in ``namespace`` with a profile."""
+    arguments = [f"{key}:={value}" for key, value in {"profile": str(profile), **parameters}.items()]
+    return Watched(
+        [
+            sys.executable,
+            "-m",
+            module,
+            "--ros-args",
+            "-r",
+            f"__ns:={namespace}",
+            *(part for argument in arguments for part in ("-p", argument)),
+        ]
+    )

@@ -20,10 +20,12 @@ class RosProbe:
     global state.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, namespace: str = "") -> None:
+        """``namespace``: the probe node's, e.g. one of its own per test run, as another test
+        session may share the DDS domain."""
         self.context = Context()
         rclpy.init(context=self.context)
-        self.node = Node(name, context=self.context)
+        self.node = Node(name, namespace=namespace, context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
 

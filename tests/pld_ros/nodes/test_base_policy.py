@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image
 from pld_msgs.msg import ActionChunk, BaseAction, RobotState
 from pld_ros.nodes.camera_publisher import SENSOR_QOS, image_message
 from tests.openpi_server import OpenpiTestServer, ramp_chunk
-from tests.processes import Watched
+from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
@@ -116,18 +116,7 @@ def test_one_action_per_tick_with_bounded_age_holding_while_the_server_is_down(
 ) -> None:
     profile = tmp_path / "base_policy_test.yaml"
     profile.write_text(PROFILE.format(uri=server.uri, horizon=HORIZON, execute=EXECUTE))
-    node = Watched(
-        [
-            sys.executable,
-            "-m",
-            "pld_ros.nodes.base_policy",
-            "--ros-args",
-            "-r",
-            f"__ns:={NAMESPACE}",
-            "-p",
-            f"profile:={profile}",
-        ]
-    )
+    node = node_process("pld_ros.nodes.base_policy", NAMESPACE, profile)
     probe = RosProbe("base_policy_probe")
     # Topics of this run's own namespace: another test session may share the DDS domain.
     rig_node = Node("base_policy_rig", namespace=NAMESPACE, context=probe.context)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ from typing import Any
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from pld_msgs.msg import EpisodeEvent, StepRecord
@@ -23,7 +21,7 @@ from pld_ros.learning.episode_store import EpisodeStore, episode_file_name
 from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, STEPS_QOS, STEPS_TOPIC
 from pld_ros.nodes.supervisor import EVENTS_QOS
-from tests.processes import Watched
+from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
@@ -137,30 +135,13 @@ class Side:
 
 @pytest.fixture
 def probe() -> Iterator[RosProbe]:
-    probe = RosProbe("replay_buffer_probe")
-    probe.executor.remove_node(probe.node)
-    probe.node.destroy_node()
-    probe.node = Node("replay_buffer_probe", namespace=NAMESPACE, context=probe.context)
-    probe.executor.add_node(probe.node)
+    probe = RosProbe("replay_buffer_probe", NAMESPACE)
     yield probe
     probe.close()
 
 
 def start_node(profile: Path) -> Watched:
-    return Watched(
-        [
-            sys.executable,
-            "-m",
-            "pld_ros.nodes.replay_buffer",
-            "--ros-args",
-            "-r",
-            f"__ns:={NAMESPACE}",
-            "-p",
-            f"profile:={profile}",
-            "-p",
-            "end_grace:=5.0",
-        ]
-    )
+    return node_process("pld_ros.nodes.replay_buffer", NAMESPACE, profile, end_grace="5.0")
 
 
 def stored(directory: Path) -> dict[int, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
@@ -22,7 +20,7 @@ from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig, sa
 from pld_ros.nodes.camera_publisher import SENSOR_QOS, image_message
 from pld_ros.nodes.residual_policy import EVENTS_QOS, WEIGHTS_QOS
 from pld_ros.nodes.runner import EXIT_CONFIG_ERROR
-from tests.processes import Watched
+from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
@@ -127,28 +125,13 @@ def pushing_weights(path: Path, version: int) -> None:
 
 @pytest.fixture
 def probe() -> Iterator[RosProbe]:
-    probe = RosProbe("residual_policy_probe")
-    probe.executor.remove_node(probe.node)
-    probe.node.destroy_node()
-    probe.node = Node("residual_policy_probe", namespace=NAMESPACE, context=probe.context)
-    probe.executor.add_node(probe.node)
+    probe = RosProbe("residual_policy_probe", NAMESPACE)
     yield probe
     probe.close()
 
 
 def start_node(profile: Path) -> Watched:
-    return Watched(
-        [
-            sys.executable,
-            "-m",
-            "pld_ros.nodes.residual_policy",
-            "--ros-args",
-            "-r",
-            f"__ns:={NAMESPACE}",
-            "-p",
-            f"profile:={profile}",
-        ]
-    )
+    return node_process("pld_ros.nodes.residual_policy", NAMESPACE, profile)
 
 
 def test_commands_during_the_episode_only_switching_at_k_and_swapping_verified_weights(

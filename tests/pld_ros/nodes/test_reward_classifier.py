@@ -5,7 +5,6 @@ is the plumbing (one score per tick, the model's own output, stale cameras), not
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Bool
@@ -29,7 +27,7 @@ from pld_ros.models.success_classifier import (
 from pld_ros.nodes.camera_publisher import SENSOR_QOS, image_message
 from pld_ros.nodes.reward_classifier import torch_classifier
 from pld_ros.nodes.runner import EXIT_CONFIG_ERROR, NodeConfigError
-from tests.processes import Watched
+from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
@@ -103,11 +101,7 @@ class Rig:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
-    probe = RosProbe("reward_probe")
-    probe.executor.remove_node(probe.node)
-    probe.node.destroy_node()
-    probe.node = Node("reward_probe", namespace=NAMESPACE, context=probe.context)
-    probe.executor.add_node(probe.node)
+    probe = RosProbe("reward_probe", NAMESPACE)
     rig = Rig(probe)
     rig.probe = probe  # type: ignore[attr-defined]
     yield rig
@@ -115,18 +109,7 @@ def rig() -> Iterator[Rig]:
 
 
 def start_node(profile: Path) -> Watched:
-    return Watched(
-        [
-            sys.executable,
-            "-m",
-            "pld_ros.nodes.reward_classifier",
-            "--ros-args",
-            "-r",
-            f"__ns:={NAMESPACE}",
-            "-p",
-            f"profile:={profile}",
-        ]
-    )
+    return node_process("pld_ros.nodes.reward_classifier", NAMESPACE, profile)
 
 
 def stop(node: Watched) -> None:

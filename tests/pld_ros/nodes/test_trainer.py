@@ -5,13 +5,11 @@ kills and restarts it."""
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from rclpy.node import Node
 
 from pld_msgs.msg import PolicyWeights, StepRecord, TrainingMetrics
 from pld_ros.core.episode import Outcome, RunMode
@@ -24,7 +22,7 @@ from pld_ros.policies.residual import actor_config
 from pld_ros.policies.weights import load_verified
 from pld_ros.profile import load_profile
 from tests.pld_ros.learning.test_episode_store import recorded_episode
-from tests.processes import Watched
+from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
@@ -97,28 +95,13 @@ class Robot:
 
 @pytest.fixture
 def probe() -> Iterator[RosProbe]:
-    probe = RosProbe("trainer_probe")
-    probe.executor.remove_node(probe.node)
-    probe.node.destroy_node()
-    probe.node = Node("trainer_probe", namespace=NAMESPACE, context=probe.context)
-    probe.executor.add_node(probe.node)
+    probe = RosProbe("trainer_probe", NAMESPACE)
     yield probe
     probe.close()
 
 
 def start_trainer(profile: Path) -> Watched:
-    return Watched(
-        [
-            sys.executable,
-            "-m",
-            "pld_ros.nodes.trainer",
-            "--ros-args",
-            "-r",
-            f"__ns:={NAMESPACE}",
-            "-p",
-            f"profile:={profile}",
-        ]
-    )
+    return node_process("pld_ros.nodes.trainer", NAMESPACE, profile)
 
 
 def episode(episode_id: int, mode: RunMode, outcome: Outcome, ticks: int) -> RecordedEpisode:
