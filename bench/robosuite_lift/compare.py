@@ -87,7 +87,7 @@ def _residual_policy(
 
     def act(state: Float32Array, t: int) -> tuple[Float32Array, Float32Array]:
         base_action = base(state, t)
-        residual = learner.act(state, base_action, deterministic=deterministic)
+        residual = learner.sac.act(state, base_action, deterministic=deterministic)
         if residuals is not None:
             residuals.append(residual)
         return base_action, np.clip(base_action + xi * residual, -1.0, 1.0).astype(np.float32)

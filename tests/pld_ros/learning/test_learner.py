@@ -105,5 +105,5 @@ def test_a_restarted_learner_refilled_from_the_same_episodes_owes_no_updates(tmp
     state = np.zeros(3, dtype=np.float32)
     base = np.zeros(7, dtype=np.float32)
     np.testing.assert_allclose(
-        restarted.act(state, base, deterministic=True), first.act(state, base, deterministic=True)
+        restarted.sac.act(state, base, deterministic=True), first.sac.act(state, base, deterministic=True)
     )

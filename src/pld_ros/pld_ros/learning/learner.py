@@ -142,16 +142,6 @@ class Learner:
             record(self.sac.update(batch))
         return {key: totals[key] / counts[key] for key in totals}
 
-    def act(
-        self,
-        state: np.ndarray,
-        base_action: np.ndarray,
-        images: np.ndarray | None = None,
-        deterministic: bool = False,
-    ) -> np.ndarray:
-        """The residual for one observation (see :meth:`ResidualSAC.act`)."""
-        return self.sac.act(state, base_action, images, deterministic)
-
     # -- persistence -----------------------------------------------------------------------------
 
     def save(self, directory: Path) -> None:
