@@ -36,7 +36,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from pld_msgs.msg import EpisodeEvent, StepRecord
 from pld_ros.core.episode import Outcome, RunMode
@@ -64,8 +64,12 @@ most; beyond that the disk is failing and the launcher's SIGKILL comes first any
 
 
 def episodes_qos(max_ticks: int) -> QoSProfile:
-    """Deep enough for one whole episode: the trainer must get every tick of it."""
-    return QoSProfile(depth=max_ticks, reliability=ReliabilityPolicy.RELIABLE)
+    """Deep enough for one whole episode: the trainer must get every tick of it. Transient local:
+    a trainer that (re)starts, or whose subscription matches a moment late, still gets the newest
+    episode (one it already has is recognized by its file and not learned twice)."""
+    return QoSProfile(
+        depth=max_ticks, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+    )
 
 
 def newest_run_id(profile: Profile) -> str:

@@ -102,7 +102,13 @@ class TrainerNode(Node):
             warmup_episodes=profile.supervisor.warmup_episodes,
             seed=seed,
         )
-        self.counters = {"episodes_received": 0, "duplicates": 0, "dropped": 0, "malformed_records": 0}
+        self.counters = {
+            "records": 0,
+            "episodes_received": 0,
+            "duplicates": 0,
+            "dropped": 0,
+            "malformed_records": 0,
+        }
         self._restore()
         versions = published_versions(self.weights_dir)
         self.version = versions[-1] if versions else 0
@@ -158,6 +164,7 @@ class TrainerNode(Node):
             self.learner.add(steps, buffer)
 
     def _on_record(self, record: StepRecord) -> None:
+        self.counters["records"] += 1
         assembler = self._assemblers.get(record.robot_id)
         if assembler is None:
             assembler = EpisodeAssembler(
@@ -300,6 +307,8 @@ class TrainerNode(Node):
             message=phase,
             values={
                 **self.counters,
+                # Ticks of an episode this process assembled already: a stream repeated.
+                "repeated_ticks": sum(a.counts.late_ticks for a in self._assemblers.values()),
                 **{key: f"{value:.4g}" for key, value in metrics.items()},
                 "updates": progress.updates,
                 "pretrain_updates": progress.pretrain_updates,
