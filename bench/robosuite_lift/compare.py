@@ -199,10 +199,12 @@ def table(results: dict[str, list[dict[str, object]]], checkpoints: list[int]) -
             rates = []
             for result in runs:
                 curve: list[dict[str, float]] = result["curve"]  # type: ignore[assignment]
-                # The last evaluation at or before the checkpoint (base: its single evaluation).
-                before = [p["success_rate"] for p in curve if p["steps"] <= checkpoint]
-                if before:
-                    rates.append(before[-1])
+                # Evaluations fall on the first episode end past each eval_every steps: the first
+                # one at or after the checkpoint stands for it. The base policy's single one
+                # stands for every checkpoint.
+                after = [p["success_rate"] for p in curve if p["steps"] >= checkpoint or len(curve) == 1]
+                if after:
+                    rates.append(after[0])
             cells.append(f"{100 * np.mean(rates):.0f} +- {100 * np.std(rates):.0f} %" if rates else "-")
         reach = [steps_to(r["curve"], 0.9) for r in runs]  # type: ignore[arg-type]
         reached = ", ".join("never" if s is None else f"{s:.0f}" for s in reach)

@@ -22,14 +22,14 @@ def test_the_table_aggregates_seeds_at_each_checkpoint() -> None:
     results = {
         "base": [run_result("base", [(0, 0.5)])],
         "pld": [
-            run_result("pld", [(0, 0.4), (1000, 0.8), (2000, 1.0)]),
-            run_result("pld", [(0, 0.6), (1000, 1.0), (2000, 1.0)]),
+            run_result("pld", [(1010, 0.4), (2030, 0.8), (3005, 1.0)]),
+            run_result("pld", [(1050, 0.6), (2000, 1.0), (3060, 1.0)]),
         ],
     }
-    text = table(results, [0, 1500, 2000])
+    text = table(results, [1000, 2000, 3000])
     lines = text.splitlines()
     assert lines[2] == "| base | 1 | 50 +- 0 % | 50 +- 0 % | 50 +- 0 % | never |"
-    assert lines[3] == "| pld | 2 | 50 +- 10 % | 90 +- 10 % | 100 +- 0 % | 2000, 1000 |"
+    assert lines[3] == "| pld | 2 | 50 +- 10 % | 90 +- 10 % | 100 +- 0 % | 3005, 2000 |"
 
 
 def test_an_unknown_method_is_refused() -> None:
