@@ -31,7 +31,7 @@ import numpy as np
 
 from pld_ros.core.arm_controller import ArmMode
 from pld_ros.core.episode_log import ABORTED, FAILURE, SUCCESS, EpisodeRecord
-from pld_ros.core.safety import clip_norm
+from pld_ros.core.safety import step_toward
 from pld_ros.core.spatial import FloatArray, Pose, rotation_angle_between
 from pld_ros.core.stage_machine import StageMachine, StageStatus, StageUpdate, TaskOutcome
 from pld_ros.profile import Profile, Stage
@@ -597,10 +597,12 @@ class EpisodeSupervisor:
         # measured pose) converges on the goal without overshoot.
         base = tick.target if tick.arm_mode is ArmMode.MOVING and tick.target is not None else tick.pose
         assert base is not None
-        translation, rotation = base.delta_to(episode.goal)
+        translation, rotation = step_toward(
+            base, episode.goal, self.settings.max_translation_step, self.settings.max_rotation_step
+        )
         return ResetCommand(
-            translation=clip_norm(translation, self.settings.max_translation_step)[0],
-            rotation=clip_norm(rotation, self.settings.max_rotation_step)[0],
+            translation=translation,
+            rotation=rotation,
             gripper=0.0,
             episode_id=episode.episode_id,
         )

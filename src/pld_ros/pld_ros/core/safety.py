@@ -88,6 +88,16 @@ def clip_norm(vector: FloatArray, limit: float) -> tuple[FloatArray, bool]:
     return vector * (limit / norm), True
 
 
+def step_toward(
+    base: Pose, goal: Pose, max_translation: float, max_rotation: float
+) -> tuple[FloatArray, FloatArray]:
+    """The delta (translation, rotation vector) from ``base`` toward ``goal``, each part no longer
+    than its per-tick limit. Step from the integrated target, not the lagging measured pose, or
+    the arm overshoots."""
+    translation, rotation = base.delta_to(goal)
+    return clip_norm(translation, max_translation)[0], clip_norm(rotation, max_rotation)[0]
+
+
 class SafetyFilter:
     """Stateful per-arm filter; call :meth:`reset` with the measured pose before the first tick."""
 

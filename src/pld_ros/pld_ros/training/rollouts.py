@@ -43,7 +43,7 @@ from pld_ros.core.observation import (
     proprio_vector,
 )
 from pld_ros.core.rate import RateKeeper, RobotClock
-from pld_ros.core.safety import DeltaCommand, clip_norm
+from pld_ros.core.safety import DeltaCommand, step_toward
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmFault, ArmState
 from pld_ros.drivers.franky_arm import FrankyBackend
@@ -262,14 +262,11 @@ class SimRollouts:
             state = self._tick(command)
             if float(np.linalg.norm(goal.position - state.ee_pose.position)) < REACH_TOLERANCE:
                 return
-            # Step from the integrated target (the measured pose lags it): no overshoot.
             base = self.controller.safety.target or state.ee_pose
-            translation, rotation = base.delta_to(goal)
-            command = DeltaCommand(
-                clip_norm(translation, limits.max_translation_step)[0],
-                clip_norm(rotation, limits.max_rotation_step)[0],
-                0.0,
+            translation, rotation = step_toward(
+                base, goal, limits.max_translation_step, limits.max_rotation_step
             )
+            command = DeltaCommand(translation, rotation, 0.0)
 
     def reset(self, seed: int | None) -> None:
         """Open the hand, return to the home joints, move by the random start offset and put the
