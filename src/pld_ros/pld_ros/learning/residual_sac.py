@@ -52,7 +52,7 @@ from pld_ros.learning.augmentation import random_shift
 from pld_ros.learning.checkpoint import load_checkpoint, read_scalars, save_checkpoint
 from pld_ros.learning.critic import Critic
 from pld_ros.learning.replay_buffer import TransitionBatch
-from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig, save_actor, squashed_sample
+from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig, actor_weights, squashed_sample
 from pld_ros.profile import Trainer
 
 
@@ -329,7 +329,8 @@ class ResidualSAC:
     def load(self, directory: Path) -> None:
         """Restore a state written by :meth:`save`. ValueError if it was saved for another actor
         config (the shapes would not fit); the trainer config may differ (e.g. a new learning rate
-        after a restart), the optimizers' saved state wins for what they hold."""
+        after a restart), the optimizers' saved state wins for what they hold. FileNotFoundError
+        when there is no checkpoint."""
         saved = ResidualActorConfig.from_json(read_scalars(directory)["actor_config"])
         if saved != self.actor.config:
             raise ValueError(f"checkpoint of another actor: {saved} != {self.actor.config}")
@@ -337,7 +338,12 @@ class ResidualSAC:
         self.updates = int(scalars["updates"])
         self.pretrain_updates = int(scalars["pretrain_updates"])
 
+    def actor_weights(self, version: int) -> bytes:
+        """The actor's weights file for the robot
+        (:func:`~pld_ros.models.residual_actor.actor_weights`), stamped with ``version`` and this
+        learner's update count."""
+        return actor_weights(self.actor, version=version, updates=self.updates)
+
     def export_actor(self, path: Path, version: int) -> None:
-        """The actor's weights for the robot (:func:`~pld_ros.models.residual_actor.save_actor`),
-        stamped with ``version`` and this learner's update count."""
-        save_actor(self.actor, path, version=version, updates=self.updates)
+        """Write :meth:`actor_weights` to ``path``."""
+        path.write_bytes(self.actor_weights(version))

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 
 from pld_ros.core.observation import ACTION_DIM
@@ -218,7 +218,12 @@ def actor_metadata(config: ResidualActorConfig, version: int, updates: int) -> d
     return {"version": str(version), "updates": str(updates), "config": config.to_json()}
 
 
-def save_actor(actor: ResidualActor, path: Path, version: int, updates: int) -> None:
-    """Write ``actor``'s state dict as safetensors with its version, updates and config."""
+def actor_weights(actor: ResidualActor, version: int, updates: int) -> bytes:
+    """``actor``'s state dict as a safetensors file's bytes, with its version, updates and config."""
     state = {name: tensor.detach().contiguous().cpu() for name, tensor in actor.state_dict().items()}
-    save_file(state, str(path), metadata=actor_metadata(actor.config, version, updates))
+    return save(state, metadata=actor_metadata(actor.config, version, updates))
+
+
+def save_actor(actor: ResidualActor, path: Path, version: int, updates: int) -> None:
+    """Write :func:`actor_weights` to ``path``."""
+    path.write_bytes(actor_weights(actor, version, updates))

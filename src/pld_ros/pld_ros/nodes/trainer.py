@@ -133,7 +133,7 @@ class TrainerNode(Node):
         self.create_timer(METRICS_PERIOD, self._publish_metrics)
         start_heartbeat(self)
         if self.version:
-            self._announce(self.version)
+            self._announce(self.version, weights_file(self.weights_dir, self.version).read_bytes())
         self._worker = threading.Thread(target=self._train, name="learner")
         self._worker.start()
         progress = self.learner.progress()
@@ -147,11 +147,12 @@ class TrainerNode(Node):
     # -- data ------------------------------------------------------------------------------------
 
     def _restore(self) -> None:
-        if self.checkpoint.exists() or self.checkpoint.with_name("checkpoint.old").exists():
-            try:
-                self.learner.load(self.checkpoint)
-            except (OSError, ValueError, KeyError) as exc:
-                raise NodeConfigError(f"checkpoint {self.checkpoint}: {exc}") from None
+        try:
+            self.learner.load(self.checkpoint)
+        except FileNotFoundError:
+            pass  # a first start: nothing learned yet
+        except (OSError, ValueError, KeyError) as exc:
+            raise NodeConfigError(f"checkpoint {self.checkpoint}: {exc}") from None
         for episode in self.store.episodes():
             self._learn_from(episode)
         for path, problem in self.store.problems.items():
@@ -235,22 +236,19 @@ class TrainerNode(Node):
     def _publish_weights(self) -> None:
         version = self.version + 1
         path = weights_file(self.weights_dir, version)
-        staging = path.with_name(f".{path.name}.export")
-        self.learner.sac.export_actor(staging, version)
-        data = staging.read_bytes()
-        staging.unlink()
+        data = self.learner.sac.actor_weights(version)
         atomic_write(path, lambda out: out.write(data))
         self.learner.save(self.checkpoint)
         self.version = version
         self._next_publish = self.learner.sac.updates + self.profile.trainer.publish_every_updates
         for old in published_versions(self.weights_dir)[:-KEEP_WEIGHTS]:
             weights_file(self.weights_dir, old).unlink(missing_ok=True)
-        self._announce(version)
+        self._announce(version, data)
         self.get_logger().info(f"weights version {version} at {self.learner.sac.updates} updates")
 
-    def _announce(self, version: int) -> None:
+    def _announce(self, version: int, data: bytes) -> None:
+        """Announce the weights file of ``version``, whose contents are ``data``."""
         path = weights_file(self.weights_dir, version)
-        data = path.read_bytes()
         message = PolicyWeights(
             policy=POLICY_NAME,
             version=version,
