@@ -95,8 +95,15 @@ def _residual_policy(
     return act
 
 
-def run(config: RunConfig, base_path: Path, log: Callable[[str], None] = print) -> dict[str, object]:
-    """One method's run; returns its learning curve and counters (see the module docstring)."""
+def run(
+    config: RunConfig,
+    base_path: Path,
+    log: Callable[[str], None] = print,
+    after_episode: Callable[[Learner, int, int], None] | None = None,
+) -> dict[str, object]:
+    """One method's run; returns its learning curve and counters (see the module docstring).
+    ``after_episode(learner, episodes, steps)`` is called after each episode's learning (the
+    learning methods only), e.g. to look inside the learner (``probe.py``)."""
     torch.manual_seed(config.seed)
     torch.set_num_threads(1)  # several runs share the machine; torch's own threads only contend
     env = LiftEnv(LiftConfig())
@@ -162,6 +169,8 @@ def run(config: RunConfig, base_path: Path, log: Callable[[str], None] = print) 
         learner.train()
         steps += record.length
         episode += 1
+        if after_episode is not None:
+            after_episode(learner, episode, steps)
         if steps >= next_eval or steps >= config.steps:
             evaluation()
             next_eval += config.eval_every
