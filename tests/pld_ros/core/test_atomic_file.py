@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -57,3 +58,10 @@ def test_only_temporaries_are_removed(tmp_path: Path) -> None:
     assert remove_temporaries(tmp_path) == [leftover]
     assert sorted(tmp_path.iterdir()) == sorted(keep)
     assert remove_temporaries(tmp_path / "absent") == []
+
+
+def test_the_file_gets_the_mode_a_plain_open_would_give(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"x")
+    written = atomic_write(tmp_path / "atomic", lambda out: out.write(b"x"))
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)

@@ -22,6 +22,18 @@ TEMPORARY_SUFFIX = ".tmp"
 """Ending of a temporary file of :func:`atomic_write` (its name also starts with a dot)."""
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the process's umask. The umask can only be
+    read by setting it, which is not thread-safe (another thread's file would be created with no
+    mask meanwhile): it is read once, at import, before a node starts its threads."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _new_file_mode()
+
+
 def is_temporary(path: Path) -> bool:
     """The file is an unfinished write of :func:`atomic_write`."""
     return path.name.startswith(".") and path.name.endswith(TEMPORARY_SUFFIX)
@@ -44,6 +56,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=directory)
     try:
+        # mkstemp creates the file private (0600); a written episode or weights file must be
+        # readable by whoever may read a plain file here (the trainer, a teammate, a web server).
+        os.fchmod(fd, _NEW_FILE_MODE)
         with os.fdopen(fd, "wb") as out:
             write(out)
             out.flush()
