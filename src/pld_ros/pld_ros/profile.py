@@ -342,6 +342,9 @@ class Supervisor(_Section):
     episodes: NonNegativeInt = 0
     """Episodes to run before stopping, aborted ones not counted (they are retried); 0 runs until
     stopped."""
+    successes: NonNegativeInt = 0
+    """Successful episodes after which the run stops, whatever ``episodes`` says (Stage 2's data
+    collection: e.g. 200 successful probe-then-takeover episodes); 0: no such target."""
     warmup_episodes: NonNegativeInt = 10
     """Episodes with the base policy alone before the residual acts (they fill the offline buffer)."""
     home_randomization: NonNegativeFloat = 0.03
@@ -431,6 +434,11 @@ class Trainer(_Section):
     cql_samples: PositiveInt = 10
     """Residuals per state drawn uniformly and from the actor each for the conservative term's
     log-sum-exp (our choice, the CQL paper's 10)."""
+    n_step: PositiveInt = 1
+    """Environment steps per critic backup (our addition; 1 is the paper's one-step backup). With
+    n > 1 each target sums up to n discounted rewards and bootstraps n steps ahead, so a sparse
+    success propagates to the start of an episode n times sooner, at the price of the off-policy
+    bias of the behaviour's intermediate residuals (bench/robosuite_lift/README.md)."""
 
 
 class Recording(_Section):

@@ -67,6 +67,36 @@ def test_only_the_last_step_of_a_terminal_episode_is_done() -> None:
     assert np.all(batch.next_state.numpy()[last] == [2.0, 4.0])
 
 
+def test_an_n_step_transition_sums_its_rewards_and_stops_at_the_episode_end() -> None:
+    buffer = ReplayBuffer(capacity=100, discount=0.9, n_step=3)
+    stored = episode(1.0, 5, terminal=True)
+    stored.reward[:] = [1.0, 2.0, 3.0, 4.0, 5.0]
+    buffer.add(stored)
+    buffer.add(episode(2.0, 4, terminal=False))
+    batch = everything(buffer)
+    state, steps = batch.state.numpy(), batch.steps.numpy().astype(int)
+    first = state[:, 0] == 1.0
+    t = state[first, 1].astype(int)
+    span = np.minimum(3, 5 - t)
+    assert np.array_equal(steps[first], span)
+    expected = [sum(0.9**k * stored.reward[i + k] for k in range(n)) for i, n in zip(t, span, strict=True)]
+    np.testing.assert_allclose(batch.reward.numpy()[first], expected, rtol=1e-6)
+    # The next observation is k steps on, in the same episode; only spans reaching the terminal
+    # step are done, and the truncated episode's spans never are.
+    np.testing.assert_array_equal(batch.next_state.numpy()[:, 1], state[:, 1] + steps)
+    np.testing.assert_array_equal(batch.next_state.numpy()[:, 0], state[:, 0])
+    assert np.array_equal(batch.done.numpy()[first] == 1.0, t + span == 5)
+    assert not batch.done.numpy()[~first].any()
+
+
+def test_one_step_transitions_span_one_step() -> None:
+    buffer = ReplayBuffer(capacity=100, discount=0.9)
+    buffer.add(episode(1.0, 4))
+    assert np.all(everything(buffer).steps.numpy() == 1.0)
+    with pytest.raises(ValueError, match="n_step"):
+        ReplayBuffer(capacity=100, discount=0.9, n_step=0)
+
+
 def test_monte_carlo_returns_include_the_reward_bias() -> None:
     buffer = ReplayBuffer(capacity=100, discount=0.9, reward_bias=-1.0)
     stored = episode(1.0, 3, terminal=True)

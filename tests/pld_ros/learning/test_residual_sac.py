@@ -43,6 +43,7 @@ def random_batch(size: int, state_dim: int, images: bool = False, seed: int = 0)
         base_action=torch.randn(size, 7, generator=generator).clamp(-1, 1),
         residual=torch.rand(size, 7, generator=generator) * 2 - 1,
         reward=torch.rand(size, generator=generator),
+        steps=torch.ones(size),
         done=(torch.rand(size, generator=generator) < 0.3).float(),
         next_state=torch.randn(size, state_dim, generator=generator),
         next_images=views(),
@@ -75,13 +76,34 @@ def test_the_backup_bootstraps_from_the_best_sampled_residual(monkeypatch: pytes
         sac = ResidualSAC(SMALL.model_copy(update={"onthefly_samples": samples}), wide, device="cpu")
         monkeypatch.setattr(sac.target, "q_values", stub)
         with torch.no_grad():
-            targets[samples] = sac._target(batch, None)
+            targets[samples] = sac._target(batch, None, greedy=True)
+            if samples == 64:
+                pretraining = sac._target(batch, None, greedy=False)
     discount, live = SMALL.discount, batch.done == 0.0
     best = (targets[64] - batch.reward) / discount
     assert torch.all(best[live] > 0.9) and torch.all(best[live] <= 1.0 + 1e-5)
     single = (targets[1] - batch.reward) / discount
     assert abs(float(single[live].mean())) < 0.2
     assert torch.equal(targets[64][~live], batch.reward[~live]), "a terminal step must not bootstrap"
+    # The pretraining evaluates the fresh actor's deterministic residual (zero): no max.
+    expected = batch.reward + discount * (1.0 - batch.done) * 0.0
+    assert torch.allclose(pretraining, expected, atol=1e-6)
+
+
+def test_an_n_step_target_discounts_the_next_value_and_biases_every_step() -> None:
+    config = SMALL.model_copy(update={"reward_bias": -1.0})
+    sac = ResidualSAC(config, ResidualActorConfig(num_views=0, state_dim=3, hidden_dim=16), device="cpu")
+    batch = random_batch(64, 3)
+    batch = TransitionBatch(**{**batch.__dict__, "steps": torch.full((64,), 3.0)})
+    one = TransitionBatch(**{**batch.__dict__, "steps": torch.ones(64)})
+    with torch.no_grad():
+        three_step, one_step = sac._target(batch, None, greedy=False), sac._target(one, None, greedy=False)
+    g = config.discount
+    live = batch.done == 0.0
+    # Same next value v: one-step is r - 1 + g v, three-step r - (1 + g + g^2) + g^3 v.
+    value = (one_step - batch.reward + 1.0) / g
+    expected = batch.reward - (1.0 + g + g**2) + g**3 * value * live
+    torch.testing.assert_close(three_step, expected, rtol=1e-5, atol=1e-5)
 
 
 # -- Cal-QL ---------------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ class Learner:
             raise ValueError(f"warmup_episodes must not be negative, got {warmup_episodes}")
         self.config = config
         self.sac = ResidualSAC(config, actor, device)
-        self.offline = ReplayBuffer(capacity, config.discount, config.reward_bias)
-        self.online = ReplayBuffer(capacity, config.discount, config.reward_bias)
+        self.offline = ReplayBuffer(capacity, config.discount, config.reward_bias, config.n_step)
+        self.online = ReplayBuffer(capacity, config.discount, config.reward_bias, config.n_step)
         self.warmup_episodes = warmup_episodes
         self.episodes = 0
         self._rng = np.random.default_rng(seed)

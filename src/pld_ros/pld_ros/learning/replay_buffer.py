@@ -7,6 +7,12 @@ capacity counts transitions; when a new episode would exceed it, whole episodes 
 oldest first. Each transition also holds its Monte-Carlo return (Cal-QL's lower bound), computed
 once when its episode is added.
 
+With ``n_step`` > 1 a transition spans up to ``n`` steps of its episode (fewer at its end): the
+reward is the discounted sum of those steps' rewards, the next observation the one ``k`` steps
+later, ``steps`` holds ``k`` (the learner bootstraps with ``discount ** k``), and ``done`` is set
+when the span ends in a terminal state. A sparse success reward then reaches the start of a
+50-step episode in a tenth of the backups.
+
 Rows live in flat arrays, so a batch is a handful of vectorized gathers. They are allocated at the
 first episode (only then are the state size and image shape known) and grow as needed; evicted
 episodes leave a gap at the front that is closed by moving the live rows down when the end of the
@@ -46,7 +52,11 @@ class TransitionBatch:
     residual: torch.Tensor
     """``[B, A]`` the executed residual."""
     reward: torch.Tensor
-    """``[B]`` as received (the learner adds its reward bias)."""
+    """``[B]`` as received, or the discounted sum over the ``steps`` rewards of an n-step
+    transition (the learner adds its reward bias)."""
+    steps: torch.Tensor
+    """``[B]`` environment steps the transition spans (1 unless n-step); the next observation is
+    that many steps later and is discounted by ``discount ** steps``."""
     done: torch.Tensor
     """``[B]`` 1.0 where the transition ended in a terminal state (no bootstrap), else 0.0."""
     next_state: torch.Tensor
@@ -84,14 +94,18 @@ class ReplayBuffer:
 
     ``discount`` and ``reward_bias`` are the learner's (``Trainer.discount``, ``Trainer.reward_bias``):
     the Monte-Carlo returns are those of the rewards the critic learns, each plus the bias.
+    ``n_step``: steps per sampled transition (``Trainer.n_step``; module docstring).
     """
 
-    def __init__(self, capacity: int, discount: float, reward_bias: float = 0.0) -> None:
+    def __init__(self, capacity: int, discount: float, reward_bias: float = 0.0, n_step: int = 1) -> None:
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
+        if n_step < 1:
+            raise ValueError(f"n_step must be at least 1, got {n_step}")
         self.capacity = capacity
         self.discount = discount
         self.reward_bias = reward_bias
+        self.n_step = n_step
         self._episodes: deque[_Span] = deque()
         self._transitions = 0
         self._end = 0
@@ -151,6 +165,8 @@ class ReplayBuffer:
             np.arange(length, 0, -1), self.discount
         )
         rows: dict[str, np.ndarray] = {
+            # Steps to the episode's final observation: relative, so compaction keeps it valid.
+            "remaining": np.arange(length, -1, -1, dtype=np.int64),
             "state": episode.state.astype(np.float32, copy=False),
             "base_action": episode.base_action.astype(np.float32, copy=False),
             "residual": residual,
@@ -205,16 +221,28 @@ class ReplayBuffer:
         """The transitions starting at ``rows`` as numpy arrays named like :class:`TransitionBatch`."""
         arrays = self._arrays
         images = arrays.get("images")
+        steps = np.minimum(self.n_step, arrays["remaining"][rows])
+        last = rows + steps - 1
+        reward = arrays["reward"][rows]
+        if self.n_step > 1:
+            reward = reward.copy()
+            for offset in range(1, self.n_step):
+                within = offset < steps
+                # Past the span the index is clamped to its last row and the term masked out.
+                later = arrays["reward"][np.minimum(rows + offset, last)]
+                reward += np.where(within, self.discount**offset * later, 0.0).astype(np.float32)
+        following = last + 1
         return {
             "state": arrays["state"][rows],
             "images": None if images is None else images[rows],
             "base_action": arrays["base_action"][rows],
             "residual": arrays["residual"][rows],
-            "reward": arrays["reward"][rows],
-            "done": arrays["done"][rows],
-            "next_state": arrays["state"][rows + 1],
-            "next_images": None if images is None else images[rows + 1],
-            "next_base_action": arrays["base_action"][rows + 1],
+            "reward": reward,
+            "steps": steps.astype(np.float32),
+            "done": arrays["done"][last],
+            "next_state": arrays["state"][following],
+            "next_images": None if images is None else images[following],
+            "next_base_action": arrays["base_action"][following],
             "mc_return": arrays["mc_return"][rows],
         }
 

@@ -9,10 +9,12 @@ One :meth:`ResidualSAC.update` is one critic step on a batch; every ``critic_act
 update also takes one actor step and one temperature step on the same batch. The pieces:
 
 - Critic target, PLD's "on-the-fly" backup: ``y = r + reward_bias + discount * (1 - done) *
-  max_i min(Q1', Q2')(s', a_b', r_i)`` over ``onthefly_samples`` residuals ``r_i`` sampled from the
-  current actor at the next observation with its base action ``a_b'`` held fixed; ``Q'`` are the
-  target networks (Polyak rate ``target_update_rate``). With ``backup_entropy`` each sample's
-  ``- temperature * log pi(r_i)`` is added before the max.
+  max_i min(Q1', Q2')(s', a_b', r_i)`` over ``onthefly_samples`` residuals ``r_i`` sampled from
+  the current actor at the next observation with its base action ``a_b'`` held fixed; ``Q'`` are
+  the target networks (Polyak rate ``target_update_rate``). With ``backup_entropy`` each sample's
+  ``- temperature * log pi(r_i)`` is added before the max. With ``n_step`` > 1: the discounted
+  rewards and biases of up to ``n`` steps, and ``discount ** k`` on the next value (see the
+  replay buffer).
 - Actor: ``temperature * log pi(r|s, a_b) - min(Q1, Q2)(s, a_b, r)``, reparameterized.
 - Temperature: automatic, ``log`` parameterized, towards ``target_entropy`` (-A by default).
 - :meth:`ResidualSAC.pretrain_step`: a critic step on offline data with Cal-QL's conservative term
@@ -21,7 +23,11 @@ update also takes one actor step and one temperature step on the same batch. The
   densities, where the actor's Q values are first raised to at least the Monte-Carlo return
   (``max(Q(s, r_pi), mc_return)``): the critic is pushed down on unseen residuals, but never below
   the value the data showed. The actor does not learn in the pretraining: online learning starts
-  from the base policy (a fresh actor's residual is zero) with a calibrated critic.
+  from the base policy (a fresh actor's residual is zero) with a calibrated critic. The
+  pretraining's TD target is therefore the value of that starting policy, read at the actor's
+  deterministic residual, not the on-the-fly max over its samples (our choice): the samples lie
+  exactly where the conservative term pushes Q down, and backing up from them made every value of
+  a Lift run negative although no reward is (bench/robosuite_lift/README.md).
 - AdamW for every network, gradient norms clipped to ``grad_clip``.
 - Images: each batch's views are randomly shifted (``image_shift_pixels``). One ResNet-10 encodes the
   views for both Q-heads and is trained by the critic loss only; the actor uses that same encoder
@@ -151,7 +157,7 @@ class ResidualSAC:
         call. Metrics: critic_loss, q_mean, target_mean, critic_grad_norm, temperature; on actor
         steps also actor_loss, entropy, actor_grad_norm."""
         batch = batch.to(self.device)
-        features, metrics = self._critic_step(batch, conservative=False)
+        features, metrics = self._critic_step(batch, pretraining=False)
         self.updates += 1
         if self.updates % self.config.critic_actor_ratio == 0:
             with record_function("sac/actor"):
@@ -163,7 +169,7 @@ class ResidualSAC:
         """One Cal-QL critic step on an offline batch (the actor is not trained). Metrics as
         :meth:`update`'s critic part, plus calql_loss when ``cql_alpha`` > 0."""
         batch = batch.to(self.device)
-        _, metrics = self._critic_step(batch, conservative=self.config.cql_alpha > 0.0)
+        _, metrics = self._critic_step(batch, pretraining=True)
         self.pretrain_updates += 1
         return metrics
 
@@ -174,14 +180,14 @@ class ResidualSAC:
         return random_shift(batch.images, pad), random_shift(batch.next_images, pad)
 
     def _critic_step(
-        self, batch: TransitionBatch, conservative: bool
+        self, batch: TransitionBatch, pretraining: bool
     ) -> tuple[torch.Tensor, dict[str, float]]:
         # The record_function labels name the phases in a torch profile
         # (bench/learner_throughput.py); without a profiler they cost next to nothing.
         with record_function("sac/augment"):
             images, next_images = self._views(batch)
         with torch.no_grad(), record_function("sac/target"):
-            target = self._target(batch, next_images)
+            target = self._target(batch, next_images, greedy=not pretraining)
         with record_function("sac/critic_forward"):
             features = self.critic.features(images, batch.state)
             q = self.critic.q_values(features, batch.base_action, batch.residual)
@@ -192,7 +198,7 @@ class ResidualSAC:
             "q_mean": float(q.detach().mean()),
             "target_mean": float(target.mean()),
         }
-        if conservative:
+        if pretraining and self.config.cql_alpha > 0.0:
             with record_function("sac/calql"):
                 calql = self._calql_term(features, batch, q)
             loss = loss + self.config.cql_alpha * calql
@@ -207,12 +213,21 @@ class ResidualSAC:
             self._update_target()
         return features.detach(), metrics
 
-    def _target(self, batch: TransitionBatch, next_images: torch.Tensor | None) -> torch.Tensor:
-        """``[B]`` the on-the-fly backup's target (module docstring)."""
-        samples, size = self.config.onthefly_samples, len(batch)
+    def _target(self, batch: TransitionBatch, next_images: torch.Tensor | None, greedy: bool) -> torch.Tensor:
+        """``[B]`` the critic's target: the on-the-fly backup when ``greedy``, else the value of
+        the actor's deterministic residual (the pretraining's; module docstring)."""
         actor_features = self.actor.features(next_images, batch.next_state)
         target_features = self.target.features(next_images, batch.next_state)
         mean, log_std = self.actor.head(actor_features, batch.next_base_action)
+        discount = self.config.discount
+        # n-step transitions: the bias of each step they span, the next value discounted by all.
+        bias_steps = batch.steps if discount == 1.0 else (1.0 - discount**batch.steps) / (1.0 - discount)
+        reward = batch.reward + self.config.reward_bias * bias_steps
+        bootstrap = discount**batch.steps * (1.0 - batch.done)
+        if not greedy:
+            q_next = self.target.q_values(target_features, batch.next_base_action, torch.tanh(mean))
+            return reward + bootstrap * q_next.min(dim=0).values
+        samples, size = self.config.onthefly_samples, len(batch)
         residual, log_prob = squashed_sample(
             mean.expand(samples, *mean.shape), log_std.expand(samples, *log_std.shape)
         )
@@ -224,8 +239,7 @@ class ResidualSAC:
         next_value = onthefly_value(
             q_next, log_prob if self.config.backup_entropy else None, self.temperature
         )
-        reward = batch.reward + self.config.reward_bias
-        return reward + self.config.discount * (1.0 - batch.done) * next_value
+        return reward + bootstrap * next_value
 
     def _calql_term(
         self, features: torch.Tensor, batch: TransitionBatch, q_data: torch.Tensor
