@@ -1,0 +1,1 @@
+"""Robot data: rosbag2 bags (recording, reading, recovery, replay) and the datasets made from them."""
