@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pld_ros import __version__
+from pld_ros.collection import write_collection_profile
 from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
 from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
@@ -124,6 +125,44 @@ def demo(
     typer.echo(summarize_run(run_dir, plot=plot))
     typer.echo(f"episode log: {run_dir / EPISODES_FILE}\noutcome plot: {plot}")
     raise typer.Exit(code)
+
+
+@app.command()
+def collect(
+    profile: ProfileArg,
+    weights: Annotated[
+        Path,
+        typer.Option(help="The Stage 1 specialist's weights (a safetensors file the trainer published)."),
+    ],
+    successes: Annotated[int, typer.Option(min=1, help="Successful episodes to collect, then stop.")] = 200,
+    max_probe_steps: Annotated[
+        int | None, typer.Option(min=0, help="K of k ~ U[0, K] base steps (default: the profile's).")
+    ] = None,
+    sim: SimOption = False,
+) -> None:
+    """Stage 2: collect successful probe-then-takeover episodes with a trained specialist.
+
+    The profile's graph runs with the specialist's weights fixed, no warm-up and no trainer, until
+    the target count of successes. The overlay profile that says so is written next to the run
+    logs (supervisor.run_directory); every episode is stored with its outcome, and
+    `pld dataset convert --filter success` turns the successful ones into SFT data.
+    """
+    try:
+        path = resolve_profile_path(profile, sim=sim)
+        base = load_profile(path, sim=sim)
+        overlay, collecting = write_collection_profile(
+            path,
+            weights,
+            successes,
+            base.supervisor.run_directory,
+            f"{base.name}-collect-{time.strftime('%Y%m%dT%H%M%S')}",
+            max_probe_steps,
+        )
+        graph = build_graph(collecting, overlay)
+    except (ProfileError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(f"collection profile: {overlay}")
+    raise typer.Exit(_run(graph, duration=None))
 
 
 @runs_app.command("summary")

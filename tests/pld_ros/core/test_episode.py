@@ -432,6 +432,10 @@ def test_settings_from_the_shipped_profile() -> None:
     assert loaded.stages[0].name == "lift" and loaded.max_probe_steps == 40
     assert loaded.workspace_max == (0.75, 0.35, 0.55) and loaded.base_timeout == 2.0
     assert EpisodeSettings.from_profile(profile).episodes == profile.supervisor.episodes
+    collecting = profile.model_copy(
+        update={"supervisor": profile.supervisor.model_copy(update={"successes": 200})}
+    )
+    assert EpisodeSettings.from_profile(collecting).successes == 200
 
 
 def test_closing_aborts_the_running_episode_and_ids_start_where_asked() -> None:

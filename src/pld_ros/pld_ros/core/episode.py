@@ -109,6 +109,8 @@ class EpisodeSettings:
     mode: RunMode = RunMode.PROBE_TAKEOVER
     episodes: int = 0
     """Episodes per run, aborted ones not counted; 0 runs until stopped."""
+    successes: int = 0
+    """Successes after which a run stops; 0: no target."""
     warmup_episodes: int = 10
     max_probe_steps: int = 40
     """K of k ~ U[0, K]."""
@@ -155,6 +157,7 @@ class EpisodeSettings:
             max_episode_steps=supervisor.max_episode_steps,
             mode=RunMode.parse(supervisor.mode),
             episodes=supervisor.episodes if episodes is None else episodes,
+            successes=supervisor.successes,
             warmup_episodes=supervisor.warmup_episodes,
             max_probe_steps=profile.policies.residual.max_probe_steps,
             home_position=supervisor.home_position,

@@ -188,7 +188,7 @@ class SupervisorNode(Node):
             f"episodes, K={settings.max_probe_steps}, {settings.max_episode_steps} steps per episode"
         )
         if profile.supervisor.autostart:
-            self._start_run(RunRequest(episodes=settings.episodes))
+            self._start_run(RunRequest(episodes=settings.episodes, successes=settings.successes))
         else:
             self.get_logger().info("waiting for a goal on supervisor/run_episodes")
 
