@@ -91,3 +91,15 @@ def test_the_supervisor_ends_the_run_and_takes_the_episode_count_override() -> N
     # The residual policy only speaks within episodes: its heartbeat shows it is up.
     assert default.parameters["requires"] == ["/residual_policy"]
     assert build_graph(profile, Path("/p.yaml"), episodes=3).node("supervisor").parameters["episodes"] == 3
+
+
+def test_the_recorder_joins_the_graph_when_recording_is_on_and_is_respawned() -> None:
+    profile = load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR)
+    assert "recorder" not in [n.name for n in build_graph(profile, Path("/p.yaml")).nodes]
+    recording = profile.model_copy(
+        update={"recording": profile.recording.model_copy(update={"enabled": True})}
+    )
+    graph = build_graph(recording, Path("/p.yaml"))
+    recorder = graph.node("recorder")
+    assert recorder.respawn and recorder.parameters == {"profile": "/p.yaml"}
+    assert "/recorder" in graph.node("health_monitor").parameters["expected"]

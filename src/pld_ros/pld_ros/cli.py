@@ -11,6 +11,7 @@ import typer
 from pld_ros import __version__
 from pld_ros.collection import write_collection_profile
 from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
+from pld_ros.data.bag_commands import app as bag_app
 from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
 from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
@@ -30,6 +31,7 @@ runs_app = typer.Typer(
     help="Episode logs of supervisor runs: summaries and outcome plots.", no_args_is_help=True
 )
 app.add_typer(runs_app, name="runs")
+app.add_typer(bag_app, name="bag")
 
 ProfileArg = Annotated[
     str, typer.Argument(help="Profile name in config/ (e.g. franka_pick_cube) or a path to a YAML file.")

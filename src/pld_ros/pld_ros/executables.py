@@ -14,6 +14,7 @@ NODE_EXECUTABLES = {
     "base_policy": "pld_ros.nodes.base_policy",
     "residual_policy": "pld_ros.nodes.residual_policy",
     "replay_buffer": "pld_ros.nodes.replay_buffer",
+    "recorder": "pld_ros.nodes.recorder",
     "reward_classifier": "pld_ros.nodes.reward_classifier",
     "supervisor": "pld_ros.nodes.supervisor",
     "teleop": "pld_ros.nodes.teleop",

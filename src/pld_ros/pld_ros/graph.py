@@ -125,7 +125,14 @@ def build_graph(profile: Profile, profile_path: Path, *, episodes: int | None = 
         )
         for node in profile.extra_nodes
     ]
-    own = [*world, *arms, *cameras, *_episode_layer(profile, profile_parameter, episodes), *extra]
+    # Respawned: a recorder that dies loses at most its open chunk, and the next episode's bag
+    # should not depend on it.
+    recorder = (
+        [NodeSpec(name="recorder", executable="recorder", parameters=dict(profile_parameter), respawn=True)]
+        if profile.recording.enabled
+        else []
+    )
+    own = [*world, *arms, *cameras, *_episode_layer(profile, profile_parameter, episodes), *recorder, *extra]
     watched = [spec.fully_qualified_name for spec in own if spec.package == "pld_ros"]
     monitor = NodeSpec(
         name="health_monitor",

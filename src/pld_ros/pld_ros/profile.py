@@ -442,10 +442,27 @@ class Trainer(_Section):
 
 
 class Recording(_Section):
+    """The recorder node: rosbag2 bags (MCAP) of what the graph publishes, with episode metadata."""
+
     enabled: bool = False
+    """Add the recorder to the graph."""
     directory: UserPath = Path("~/.local/share/pld/bags")
+    """Where the bags go, one directory per bag."""
     split: Literal["episode", "session"] = "episode"
+    """One bag per episode (between the supervisor's STARTED and ENDED), or one for the whole run."""
     compression: Literal["none", "zstd"] = "zstd"
+    """zstd per MCAP chunk; camera images shrink little, state and events a lot."""
+    topics: tuple[str, ...] | None = None
+    """Topics to record, relative to the graph's namespace; none: what a dataset needs
+    (:func:`pld_ros.data.recording.default_topics`: states, commands, cameras, policy actions,
+    scores, episode events and stages, weight announcements)."""
+    queue_megabytes: PositiveFloat = 512.0
+    """Serialized messages the recorder holds waiting for the disk before it drops new ones (it
+    counts them); episode events are never dropped. 512 MB is about 9 s of two 640x480 cameras at
+    30 Hz: a slow disk's stall, not a disk that cannot keep up (our choice)."""
+    chunk_period: PositiveFloat = 1.0
+    """Seconds after which an MCAP chunk is closed and handed to the OS even if not full (1 MiB):
+    what a killed recorder can lose at most (our choice)."""
 
 
 class Simulation(_Section):

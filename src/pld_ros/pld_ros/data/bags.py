@@ -1,0 +1,804 @@
+"""rosbag2 bags without ROS: the type store, a writer of already-serialized messages, episode
+metadata, bag info, and a reader that recovers what a killed recorder left.
+
+Format: rosbag2 version 9 with MCAP storage (what ``ros2 bag`` writes by default since Iron), written
+with ``rosbags``' writer. Compression is zstd per MCAP chunk (rosbags' ``CompressionMode.STORAGE``
+with its MCAP writer; ``ros2 bag``'s ``--compression-mode`` file/message are not used): every
+chunk is compressed on its own, so a damaged or missing chunk loses only its own messages, and a
+reader can seek. rosbags' MCAP writer closes a chunk once it holds more than 1 MiB of messages
+(two 640x480 rgb8 frames); :class:`BagWriter` also closes one when its oldest message is
+``chunk_period`` old and flushes every closed chunk to the operating system, so that a process
+killed with SIGKILL loses only the chunk it was filling (at most ``chunk_period`` s of data, or
+1 MiB). Flushed is not fsync'd: the data survives a killed process, not a power loss.
+
+Episode metadata (:class:`EpisodeMetadata`) is stored twice: as ``custom_data`` key
+:data:`METADATA_KEY` (JSON) in ``metadata.yaml``, which ``ros2 bag info`` and rosbags show, and as
+``std_msgs/String`` JSON messages on :data:`EPISODE_META_TOPIC`, written when the episode starts
+and again when it ends. The messages are what survives a SIGKILL (``metadata.yaml`` is written
+only when a bag is closed); the last one is authoritative.
+
+Reading. rosbags opens a complete bag only: its rosbag2 reader needs ``metadata.yaml`` and its
+MCAP reader the footer and end magic (checked with rosbags 0.11.9: "File end magic is invalid"),
+both written at close. :class:`BagReader` therefore reads the MCAP records itself (format:
+https://mcap.dev/spec): it needs neither file, and reports what it cannot read (a damaged chunk, a
+file cut inside a record) as :class:`BagWarning`\\ s and in :attr:`BagReader.problems`, keeping
+everything else. A damaged chunk shows as compressed data or records that no longer parse, or as a
+CRC-32 mismatch where the writer stored one (``ros2 bag`` does; rosbags 0.11.9 stores none, so a
+flipped bit in an uncompressible image can go unnoticed). :func:`bag_info` takes the quick way
+through rosbags' index for a complete bag and scans the file otherwise.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import json
+import os
+import struct
+import sys
+import time
+import warnings
+import zlib
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Literal, NamedTuple, cast
+
+from rosbags.interfaces import Qos
+from rosbags.rosbag2 import CompressionFormat, CompressionMode, Reader, StoragePlugin, Writer
+from rosbags.rosbag2 import WriterError as RosbagsWriterError
+from rosbags.rosbag2.storage_mcap import McapWriter
+from rosbags.serde import SerdeError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
+from rosbags.typesys.store import Typestore
+
+from pld_ros.core.episode import Outcome, Phase, RunMode
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:  # the backport rosbags itself uses before Python 3.14
+    from backports import zstd
+
+BAG_VERSION: Literal[9] = 9
+"""rosbag2 metadata version written (Jazzy and Kilted write 9)."""
+EPISODE_META_TOPIC = "/pld/episode_meta"
+"""Topic of the episode metadata messages inside a bag (``std_msgs/String``, JSON)."""
+EPISODE_META_TYPE = "std_msgs/msg/String"
+METADATA_KEY = "pld.episode"
+"""``custom_data`` key of ``metadata.yaml`` holding the episode metadata (JSON)."""
+CHUNK_PERIOD = 1.0
+"""s: the longest a message waits in an open chunk before the chunk is written (our choice: a
+SIGKILL loses at most about a second of a slow topic; shorter chunks compress slightly worse)."""
+Compression = Literal["none", "zstd"]
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+# MCAP record opcodes (https://mcap.dev/spec#records).
+_OP_HEADER, _OP_FOOTER, _OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+_OP_DATA_END = 0x0F
+_RECORD_NAMES = {
+    _OP_HEADER: "header",
+    _OP_FOOTER: "footer",
+    _OP_SCHEMA: "schema",
+    _OP_CHANNEL: "channel",
+    _OP_MESSAGE: "message",
+    _OP_CHUNK: "chunk",
+    0x07: "message index",
+    0x08: "chunk index",
+    _OP_DATA_END: "data end",
+}
+_U16, _U32, _U64 = struct.Struct("<H"), struct.Struct("<I"), struct.Struct("<Q")
+_RECORD_HEAD = struct.Struct("<BQ")  # opcode, content length
+_MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel id, sequence, log time, publish time
+_CHUNK_HEAD = struct.Struct("<QQQI")  # message start time, end time, uncompressed size, CRC-32
+
+
+class BagError(Exception):
+    """A bag that cannot be written or read at all; the message names the path and why."""
+
+
+class BagWarning(UserWarning):
+    """A part of a bag that could not be read (the rest was)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Types
+# --------------------------------------------------------------------------------------------
+
+
+def pld_msgs_directory() -> Path:
+    """The ``msg/`` folder of pld_msgs: installed (``share/pld_msgs/msg`` under an
+    ``AMENT_PREFIX_PATH`` entry), else the source tree's ``src/pld_msgs/msg``."""
+    prefixes = [Path(p) for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    candidates = [p / "share" / "pld_msgs" / "msg" for p in prefixes]
+    candidates.append(Path(__file__).resolve().parents[3] / "pld_msgs" / "msg")
+    for candidate in candidates:
+        if any(candidate.glob("*.msg")):
+            return candidate
+    raise BagError(f"no pld_msgs message definitions found (looked in {', '.join(map(str, candidates))})")
+
+
+@cache
+def typestore() -> Typestore:
+    """ROS 2 Jazzy's standard types plus pld_msgs' messages (from their .msg files).
+
+    The message hashes equal the ones rosidl generates (checked for ``sensor_msgs/Image`` and
+    ``pld_msgs/EpisodeEvent`` against the Kilted build), so bags written with this store play
+    back through ``ros2 bag`` and rclpy unchanged.
+    """
+    store = get_typestore(Stores.ROS2_JAZZY)
+    types: dict[str, Any] = {}
+    for path in sorted(pld_msgs_directory().glob("*.msg")):
+        types.update(get_types_from_msg(path.read_text(), f"pld_msgs/msg/{path.stem}"))
+    store.register(types)
+    return store
+
+
+def message_class(msgtype: str) -> Any:
+    """The Python class of a ROS message type name (``sensor_msgs/msg/Image``).
+
+    Imports the message package, so it needs a ROS environment; this module itself does not.
+    Raises :class:`BagError` when the package or the type is not installed.
+    """
+    try:
+        package, kind, name = msgtype.split("/")
+        return getattr(importlib.import_module(f"{package}.{kind}"), name)
+    except (ImportError, AttributeError, ValueError):
+        raise BagError(f"message type {msgtype!r} is not installed here") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Episode metadata
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PhaseMark:
+    """The episode entered ``phase`` at control tick ``step``, at ``stamp_ns`` (the event's stamp)."""
+
+    phase: Phase
+    step: int
+    stamp_ns: int
+
+
+@dataclass(frozen=True)
+class EpisodeMetadata:
+    """What a bag holds: whose robot, which profile, which episode, and how it went.
+
+    A session bag (``recording.split: session``) has no episode: ``episode_id``, ``mode`` and
+    ``outcome`` are None. ``outcome`` is also None for an episode whose end was not recorded.
+    """
+
+    robot_id: str
+    profile: str
+    prompt: str = ""
+    """The language instruction given to the base policy."""
+    episode_id: int | None = None
+    mode: RunMode | None = None
+    outcome: Outcome | None = None
+    reason: str = ""
+    """Why the episode ended (the supervisor's ENDED reason), e.g. "success", "step limit"."""
+    probe_steps: int | None = None
+    """k: base-policy steps before the residual's takeover."""
+    phases: tuple[PhaseMark, ...] = ()
+    policy_versions: Mapping[str, str] = field(default_factory=dict)
+    """Policy -> version or model, e.g. ``{"base": "onnx:pick.onnx", "residual": "12"}``."""
+
+    def to_json(self) -> str:
+        def name(value: RunMode | Outcome | None) -> str | None:
+            return None if value is None else value.name.lower()
+
+        return json.dumps(
+            {
+                "robot_id": self.robot_id,
+                "profile": self.profile,
+                "prompt": self.prompt,
+                "episode_id": self.episode_id,
+                "mode": name(self.mode),
+                "outcome": name(self.outcome),
+                "reason": self.reason,
+                "probe_steps": self.probe_steps,
+                "phases": [
+                    {"phase": m.phase.name.lower(), "step": m.step, "stamp_ns": m.stamp_ns}
+                    for m in self.phases
+                ],
+                "policy_versions": dict(self.policy_versions),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> EpisodeMetadata:
+        """Parse :meth:`to_json`'s output; :class:`BagError` naming ``source`` and the field if invalid."""
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            phases = tuple(
+                PhaseMark(Phase[str(m["phase"]).upper()], int(m["step"]), int(m["stamp_ns"]))
+                for m in data.get("phases", [])
+            )
+            optional = {key: data.get(key) for key in ("episode_id", "probe_steps", "mode", "outcome")}
+            return cls(
+                robot_id=str(data["robot_id"]),
+                profile=str(data["profile"]),
+                prompt=str(data.get("prompt", "")),
+                episode_id=None if optional["episode_id"] is None else int(optional["episode_id"]),
+                mode=None if optional["mode"] is None else RunMode[str(optional["mode"]).upper()],
+                outcome=None if optional["outcome"] is None else Outcome[str(optional["outcome"]).upper()],
+                reason=str(data.get("reason", "")),
+                probe_steps=None if optional["probe_steps"] is None else int(optional["probe_steps"]),
+                phases=phases,
+                policy_versions={str(k): str(v) for k, v in dict(data.get("policy_versions", {})).items()},
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BagError(f"{source}: invalid episode metadata ({type(exc).__name__}: {exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+class BagWriter:
+    """Write one bag from messages that are already serialized (CDR), e.g. received raw.
+
+    Use as a context manager, or :meth:`open` / :meth:`close`. Topics are declared with
+    :meth:`add_topic` before their first message. :meth:`write` never deserializes, so images cost
+    a copy into the chunk and its compression, nothing more. Not thread-safe: one writer thread.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        compression: Compression = "zstd",
+        chunk_period: float = CHUNK_PERIOD,
+        store: Typestore | None = None,
+    ) -> None:
+        """``path``: the bag directory to create (must not exist). ``compression``: per chunk.
+        ``chunk_period``: s, see the module docstring."""
+        if not chunk_period > 0.0:
+            raise ValueError(f"chunk_period must be positive, got {chunk_period}")
+        self.path = path
+        self.chunk_period = chunk_period
+        self._store = store or typestore()
+        try:
+            self._writer = Writer(path, version=BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
+        except RosbagsWriterError as exc:
+            raise BagError(f"{path}: cannot create the bag: {exc}") from None
+        if compression == "zstd":
+            self._writer.set_compression(CompressionMode.STORAGE, CompressionFormat.ZSTD)
+        self._connections: dict[str, Any] = {}
+        self._metadata: EpisodeMetadata | None = None
+        self._chunk_opened: float | None = None  # monotonic time of the open chunk's first message
+        self._chunks_seen = 0
+        self._pending = 0
+        self.messages = 0
+        """Messages written so far."""
+        self.bytes = 0
+        """Serialized bytes written so far (before compression)."""
+        self.durable_messages = 0
+        """Messages in chunks handed to the operating system: what survives a SIGKILL."""
+
+    @property
+    def _storage(self) -> McapWriter:
+        # Chunk control goes through rosbags' MCAP writer itself (rosbags 0.11.9, pinned in
+        # requirements/constraints.txt): its Writer has no public way to end a chunk early.
+        storage = self._writer.storage
+        if storage is None:
+            raise BagError(f"{self.path}: the bag is not open")
+        return cast(McapWriter, storage)
+
+    def open(self) -> BagWriter:
+        try:
+            self._writer.open()
+        except (RosbagsWriterError, OSError) as exc:
+            raise BagError(f"{self.path}: cannot create the bag: {exc}") from None
+        self.add_topic(EPISODE_META_TOPIC, EPISODE_META_TYPE)
+        return self
+
+    def add_topic(self, topic: str, msgtype: str, qos: Sequence[Qos] = ()) -> None:
+        """Declare a topic (idempotent). ``qos``: the publishers' offered QoS, kept for ``ros2 bag play``."""
+        if topic in self._connections:
+            return
+        if msgtype not in self._store.fielddefs:
+            raise BagError(f"{self.path}: topic {topic}: message type {msgtype!r} is not in the type store")
+        self._connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=self._store, offered_qos_profiles=list(qos)
+        )
+
+    def write(self, topic: str, timestamp_ns: int, data: bytes | memoryview) -> None:
+        """Append one serialized message; ``timestamp_ns``: its receive (log) time, ns since the epoch."""
+        connection = self._connections.get(topic)
+        if connection is None:
+            raise BagError(f"{self.path}: topic {topic} was not added")
+        self._writer.write(connection, timestamp_ns, data)
+        self.messages += 1
+        self.bytes += len(data)
+        self._pending += 1
+        if self._chunk_opened is None:
+            self._chunk_opened = time.monotonic()
+        self._after_write()
+        self.flush_due()
+
+    def write_metadata(self, metadata: EpisodeMetadata, timestamp_ns: int) -> None:
+        """Record ``metadata`` now (a message on :data:`EPISODE_META_TOPIC`); the last one given is
+        also written to ``metadata.yaml`` at close."""
+        message: Any = self._store.types[EPISODE_META_TYPE]
+        message = message(data=metadata.to_json())
+        self.write(EPISODE_META_TOPIC, timestamp_ns, self._store.serialize_cdr(message, EPISODE_META_TYPE))
+        self._metadata = metadata
+
+    def flush_due(self) -> None:
+        """Write the open chunk if its oldest message is ``chunk_period`` old (call when idle too)."""
+        opened = self._chunk_opened
+        if opened is not None and time.monotonic() - opened >= self.chunk_period:
+            self._storage.close_chunk()
+            self._after_write()
+
+    def _after_write(self) -> None:
+        storage = self._storage
+        if len(storage.chunks) != self._chunks_seen:  # a chunk was closed, by rosbags or by us
+            self._chunks_seen = len(storage.chunks)
+            storage.bio.flush()
+            self.durable_messages += self._pending
+            self._pending = 0
+            self._chunk_opened = None
+
+    def close(self) -> None:
+        """Write the last chunk, the MCAP summary and ``metadata.yaml``: a complete bag."""
+        if self._metadata is not None:
+            self._writer.set_custom_data(METADATA_KEY, self._metadata.to_json())
+        try:
+            self._writer.close()
+        except (RosbagsWriterError, OSError) as exc:
+            raise BagError(f"{self.path}: cannot close the bag: {exc}") from None
+        self.durable_messages = self.messages
+
+    def abort(self) -> None:
+        """Stop writing without the summary (after an error); the chunks written stay readable."""
+        self._writer.abort()
+
+    def __enter__(self) -> BagWriter:
+        return self.open()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+class BagMessage(NamedTuple):
+    """One recorded message, still serialized (CDR)."""
+
+    topic: str
+    timestamp_ns: int
+    """Receive (log) time, ns since the epoch."""
+    data: bytes
+    msgtype: str
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    msgtype: str
+    count: int
+
+
+@dataclass(frozen=True)
+class BagInfo:
+    """What :func:`bag_info` reports."""
+
+    path: Path
+    files: tuple[Path, ...]
+    size_bytes: int
+    topics: tuple[TopicInfo, ...]
+    start_ns: int | None
+    """Time of the first message; None for a bag without messages."""
+    end_ns: int | None
+    metadata: EpisodeMetadata | None
+    complete: bool
+    """Closed properly: ``metadata.yaml`` and the MCAP summary are there (rosbags opens it)."""
+    problems: tuple[str, ...] = ()
+
+    @property
+    def message_count(self) -> int:
+        return sum(t.count for t in self.topics)
+
+    @property
+    def duration_ns(self) -> int:
+        return 0 if self.start_ns is None or self.end_ns is None else self.end_ns - self.start_ns
+
+
+@dataclass
+class _Channel:
+    topic: str
+    msgtype: str
+
+
+@dataclass
+class _Segment:
+    """Messages that are read together: one chunk, or one message outside chunks."""
+
+    file: Path
+    index: int  # of the file in the bag
+    offset: int  # of the record's content
+    length: int
+    chunk: bool
+    start_ns: int
+    end_ns: int
+    channels: set[int] = field(default_factory=set)
+
+
+class _Corrupt(Exception):
+    """A record's content does not parse."""
+
+
+def _string(buffer: memoryview, pos: int) -> tuple[str, int]:
+    (size,) = _U32.unpack_from(buffer, pos)
+    end = pos + 4 + size
+    if end > len(buffer):
+        raise _Corrupt(f"string of {size} bytes runs past its record")
+    return bytes(buffer[pos + 4 : end]).decode(), end
+
+
+def _records(buffer: memoryview) -> Iterator[tuple[int, memoryview]]:
+    """The records of a chunk's content: (opcode, content)."""
+    pos = 0
+    while pos < len(buffer):
+        if pos + _RECORD_HEAD.size > len(buffer):
+            raise _Corrupt(f"record header cut at byte {pos} of {len(buffer)}")
+        opcode, length = _RECORD_HEAD.unpack_from(buffer, pos)
+        pos += _RECORD_HEAD.size
+        if pos + length > len(buffer):
+            raise _Corrupt(
+                f"record of {length} bytes at byte {pos} runs past the chunk ({len(buffer)} bytes)"
+            )
+        yield opcode, buffer[pos : pos + length]
+        pos += length
+
+
+def _decompress(compression: str, data: bytes, size: int, crc: int) -> memoryview:
+    try:
+        if compression == "zstd":
+            raw = zstd.decompress(data)
+        elif compression == "":
+            raw = data
+        else:
+            raise _Corrupt(f"unsupported chunk compression {compression!r}")
+    except zstd.ZstdError as exc:
+        raise _Corrupt(f"zstd: {exc}") from None
+    if len(raw) != size:
+        raise _Corrupt(f"{len(raw)} bytes decompressed, the chunk says {size}")
+    if crc and zlib.crc32(raw) != crc:
+        raise _Corrupt("CRC-32 mismatch (damaged data)")
+    return memoryview(raw)
+
+
+def _chunk_content(content: memoryview) -> memoryview:
+    """The decompressed records of a chunk record's content, CRC checked when it has one."""
+    if len(content) < _CHUNK_HEAD.size + 4:
+        raise _Corrupt("chunk header cut short")
+    _, _, size, crc = _CHUNK_HEAD.unpack_from(content, 0)
+    compression, pos = _string(content, _CHUNK_HEAD.size)
+    (length,) = _U64.unpack_from(content, pos)
+    pos += 8
+    if pos + length > len(content):
+        raise _Corrupt("compressed data runs past the chunk record")
+    return _decompress(compression, bytes(content[pos : pos + length]), size, crc)
+
+
+class BagReader:
+    """Read a bag's messages in time order, recovering what a killed writer left.
+
+    ``path``: a bag directory (with or without ``metadata.yaml``) or one ``.mcap`` file. Opening
+    scans every record once (decompressing and checking each chunk) to learn the topics, counts and
+    times; :meth:`messages` reads the chunks again, in time order, one at a time. What cannot be
+    read is skipped and reported (:attr:`problems`, and a :class:`BagWarning` each). A path that is
+    no bag at all raises :class:`BagError`.
+    """
+
+    def __init__(self, path: Path, *, store: Typestore | None = None) -> None:
+        self.path = path
+        self._store = store or typestore()
+        self.problems: list[str] = []
+        self.files = _storage_files(path)
+        # Schema names and channels by (file index, id): ids are per file.
+        self._schemas: dict[tuple[int, int], str] = {}
+        self._channels: dict[tuple[int, int], _Channel] = {}
+        self._segments: list[_Segment] = []
+        self._counts: dict[str, int] = {}
+        self._types: dict[str, str] = {}
+        self._meta: tuple[int, EpisodeMetadata] | None = None
+        self.complete = True
+        """Every file ended with its footer and every record was read."""
+        for index, file in enumerate(self.files):
+            self._index(index, file)
+        self._segments.sort(key=lambda s: s.start_ns)
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        self.complete = False
+        warnings.warn(text, BagWarning, stacklevel=3)
+
+    @property
+    def topics(self) -> tuple[TopicInfo, ...]:
+        return tuple(TopicInfo(t, self._types[t], self._counts.get(t, 0)) for t in sorted(self._types))
+
+    @property
+    def metadata(self) -> EpisodeMetadata | None:
+        """The last episode metadata message in the bag (see the module docstring)."""
+        return None if self._meta is None else self._meta[1]
+
+    @property
+    def start_ns(self) -> int | None:
+        return min((s.start_ns for s in self._segments), default=None)
+
+    @property
+    def end_ns(self) -> int | None:
+        return max((s.end_ns for s in self._segments), default=None)
+
+    # -- the index pass ------------------------------------------------------------------------
+
+    def _index(self, index: int, file: Path) -> None:
+        try:
+            size = file.stat().st_size
+            with file.open("rb") as stream:
+                if stream.read(len(_MCAP_MAGIC)) != _MCAP_MAGIC:
+                    self._problem(f"{file}: not an MCAP file (wrong magic bytes); skipped")
+                    return
+                self._index_records(index, file, stream, size)
+        except OSError as exc:
+            self._problem(f"{file}: cannot read: {exc.strerror}")
+
+    def _index_records(self, index: int, file: Path, stream: IO[bytes], size: int) -> None:
+        pos = len(_MCAP_MAGIC)
+        while True:
+            head = stream.read(_RECORD_HEAD.size)
+            if len(head) < _RECORD_HEAD.size:
+                where = "at the end of a record" if not head else f"inside a record header at byte {pos}"
+                self._problem(
+                    f"{file}: the file ends {where} without the MCAP footer (writer killed or file cut): "
+                    "everything before is read"
+                )
+                return
+            opcode, length = _RECORD_HEAD.unpack(head)
+            start = pos + _RECORD_HEAD.size
+            if start + length > size:
+                kind = _RECORD_NAMES.get(opcode, f"0x{opcode:02x}")
+                self._problem(
+                    f"{file}: the file ends inside a {kind} record at byte {pos} ({start + length - size} "
+                    "bytes missing; writer killed or file cut): everything before it is read"
+                )
+                return
+            if opcode == _OP_FOOTER:
+                return
+            if opcode in (_OP_SCHEMA, _OP_CHANNEL, _OP_MESSAGE, _OP_CHUNK):
+                content = memoryview(stream.read(length))
+                try:
+                    self._index_record(index, file, opcode, content, start)
+                except (_Corrupt, struct.error, UnicodeDecodeError) as exc:
+                    self._problem(
+                        f"{file}: {_RECORD_NAMES.get(opcode, 'record')} at byte {pos} skipped: {exc}"
+                    )
+            else:
+                stream.seek(length, os.SEEK_CUR)
+            pos = start + length
+
+    def _index_record(self, index: int, file: Path, opcode: int, content: memoryview, offset: int) -> None:
+        if opcode == _OP_CHUNK:
+            start_ns, end_ns, _, _ = _CHUNK_HEAD.unpack_from(content, 0)
+            segment = _Segment(file, index, offset, len(content), True, start_ns, end_ns)
+            for inner, record in _records(_chunk_content(content)):
+                self._index_inner(index, inner, record, segment)
+            if segment.channels:
+                self._segments.append(segment)
+        elif opcode == _OP_MESSAGE:
+            (_, _, log_time, _) = _MESSAGE_HEAD.unpack_from(content, 0)
+            segment = _Segment(file, index, offset, len(content), False, log_time, log_time)
+            self._index_inner(index, opcode, content, segment)
+            self._segments.append(segment)
+        else:
+            self._index_inner(index, opcode, content, None)
+
+    def _index_inner(self, index: int, opcode: int, record: memoryview, segment: _Segment | None) -> None:
+        if opcode == _OP_SCHEMA:
+            (schema_id,) = _U16.unpack_from(record, 0)
+            name, _ = _string(record, 2)
+            self._schemas[(index, schema_id)] = name
+        elif opcode == _OP_CHANNEL:
+            channel_id, schema_id = struct.unpack_from("<HH", record, 0)
+            topic, _ = _string(record, 4)
+            msgtype = self._schemas.get((index, schema_id))
+            if msgtype is None:
+                raise _Corrupt(f"channel {topic} names schema {schema_id}, which was not defined before it")
+            self._channels[(index, channel_id)] = _Channel(topic, msgtype)
+            self._types.setdefault(topic, msgtype)
+        elif opcode == _OP_MESSAGE and segment is not None:
+            channel_id, _, log_time, _ = _MESSAGE_HEAD.unpack_from(record, 0)
+            channel = self._channels.get((index, channel_id))
+            if channel is None:
+                raise _Corrupt(f"message of channel {channel_id}, which was not defined before it")
+            segment.channels.add(channel_id)
+            self._counts[channel.topic] = self._counts.get(channel.topic, 0) + 1
+            if channel.topic == EPISODE_META_TOPIC and (self._meta is None or log_time >= self._meta[0]):
+                meta = self._decode_metadata(record[_MESSAGE_HEAD.size :])
+                if meta is not None:
+                    self._meta = (log_time, meta)
+
+    def _decode_metadata(self, data: memoryview) -> EpisodeMetadata | None:
+        """An episode metadata message, or None (reported) when it is not valid."""
+        source = f"{self.path} {EPISODE_META_TOPIC}"
+        try:
+            message: Any = self._store.deserialize_cdr(bytes(data), EPISODE_META_TYPE)
+            return EpisodeMetadata.from_json(str(message.data), source)
+        except SerdeError as exc:
+            self._problem(f"{source}: a message is not a std_msgs/String ({exc}); ignored")
+        except BagError as exc:
+            self._problem(f"{exc}; ignored")
+        return None
+
+    # -- the message pass ----------------------------------------------------------------------
+
+    def messages(self, topics: Collection[str] | None = None) -> Iterator[BagMessage]:
+        """Every readable message (of ``topics``, default all) in time order (file order for equal
+        times). Only the chunks whose times overlap are in memory at once."""
+        wanted = {key for key, channel in self._channels.items() if topics is None or channel.topic in topics}
+        segments = [s for s in self._segments if any((s.index, c) in wanted for c in s.channels)]
+        heap: list[tuple[int, int, BagMessage]] = []
+        order = 0  # tie-breaker: keeps file order among equal times
+        handles: dict[Path, IO[bytes]] = {}
+        try:
+            next_segment = 0
+            while next_segment < len(segments) or heap:
+                # A segment may hold messages older than the oldest waiting one only if it starts
+                # before it: read every such segment before yielding.
+                while next_segment < len(segments) and (
+                    not heap or segments[next_segment].start_ns <= heap[0][0]
+                ):
+                    segment = segments[next_segment]
+                    next_segment += 1
+                    for message in self._read_segment(segment, wanted, handles):
+                        heapq.heappush(heap, (message.timestamp_ns, order, message))
+                        order += 1
+                if heap:
+                    yield heapq.heappop(heap)[2]
+        finally:
+            for handle in handles.values():
+                handle.close()
+
+    def _read_segment(
+        self, segment: _Segment, wanted: set[tuple[int, int]], handles: dict[Path, IO[bytes]]
+    ) -> list[BagMessage]:
+        try:
+            handle = handles.get(segment.file) or handles.setdefault(segment.file, segment.file.open("rb"))
+            handle.seek(segment.offset)
+            content = memoryview(handle.read(segment.length))
+            if len(content) != segment.length:
+                raise _Corrupt("the file got shorter since it was indexed")
+            records = _records(_chunk_content(content)) if segment.chunk else iter([(_OP_MESSAGE, content)])
+            messages = []
+            for opcode, record in records:
+                if opcode != _OP_MESSAGE:
+                    continue
+                channel_id, _, log_time, _ = _MESSAGE_HEAD.unpack_from(record, 0)
+                if (segment.index, channel_id) in wanted:
+                    channel = self._channels[(segment.index, channel_id)]
+                    data = bytes(record[_MESSAGE_HEAD.size :])
+                    messages.append(BagMessage(channel.topic, log_time, data, channel.msgtype))
+            return messages
+        except (OSError, _Corrupt, struct.error, UnicodeDecodeError) as exc:
+            self._problem(f"{segment.file}: record at byte {segment.offset} no longer readable: {exc}")
+            return []
+
+
+def _storage_files(path: Path) -> list[Path]:
+    """The MCAP files of a bag: those ``metadata.yaml`` lists, else every ``*.mcap`` in the directory."""
+    if not path.exists():
+        raise BagError(f"{path}: no such bag")
+    if path.is_file():
+        if path.suffix != ".mcap":
+            raise BagError(f"{path}: not a bag (expected a bag directory or an .mcap file)")
+        return [path]
+    listed: list[Path] = []
+    metadata_file = path / "metadata.yaml"
+    if metadata_file.is_file():
+        listed = _files_in_metadata(metadata_file)
+    files = listed or sorted(path.glob("*.mcap"))
+    if not files:
+        found = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
+        raise BagError(f"{path}: no .mcap file in this directory (found: {found})")
+    return files
+
+
+def _files_in_metadata(metadata_file: Path) -> list[Path]:
+    """The storage files a ``metadata.yaml`` names; [] if it cannot be read (a scan finds them)."""
+    import yaml
+
+    try:
+        info = yaml.safe_load(metadata_file.read_text())["rosbag2_bagfile_information"]
+        storage, names = info["storage_identifier"], info["relative_file_paths"]
+        mode = info.get("compression_mode") or ""
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        return []
+    if storage != "mcap":
+        raise BagError(f"{metadata_file.parent}: storage {storage!r}; the pld tools read MCAP bags only")
+    if mode not in ("", "none"):
+        raise BagError(
+            f"{metadata_file.parent}: compression mode {mode!r}; the pld tools read MCAP chunk compression "
+            "only (ros2 bag record --storage-preset-profile zstd_fast, or no compression)"
+        )
+    files = [metadata_file.parent / Path(name).name for name in names]
+    return [f for f in files if f.exists()] if any(f.exists() for f in files) else []
+
+
+def _complete_info(path: Path) -> BagInfo | None:
+    """Info from rosbags' index, for a bag it opens; None otherwise."""
+    try:
+        with Reader(path) as reader:
+            topics = tuple(
+                TopicInfo(name, info.msgtype or "", info.msgcount)
+                for name, info in sorted(reader.topics.items())
+            )
+            custom = reader.storage.metadata.custom or {}
+            count = reader.message_count
+            start, end = reader.start_time, reader.end_time - 1
+            files = tuple(sorted(path.glob("*.mcap"))) if path.is_dir() else (path,)
+    except Exception:  # anything rosbags cannot open is scanned instead, and its problems reported
+        return None
+    text = custom.get(METADATA_KEY)
+    problems: tuple[str, ...] = ()
+    try:
+        metadata = None if text is None else EpisodeMetadata.from_json(text, f"{path}/metadata.yaml")
+    except BagError as exc:
+        metadata, problems = None, (str(exc),)
+    return BagInfo(
+        path=path,
+        files=files,
+        size_bytes=sum(f.stat().st_size for f in files),
+        topics=topics,
+        start_ns=start if count else None,
+        end_ns=end if count else None,
+        metadata=metadata,
+        complete=True,
+        problems=problems,
+    )
+
+
+def bag_info(path: Path) -> BagInfo:
+    """Topics, types, counts, times, episode metadata and size of a bag.
+
+    A complete bag is described from its index (fast); any other is scanned with
+    :class:`BagReader` and its problems are listed. Raises :class:`BagError` for a path that is no
+    bag at all.
+    """
+    _storage_files(path)  # refuses what is not an MCAP bag, with the reason
+    info = _complete_info(path)
+    if info is not None:
+        return info
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BagWarning)  # they are returned as problems
+        reader = BagReader(path)
+    files = tuple(reader.files)
+    return BagInfo(
+        path=path,
+        files=files,
+        size_bytes=sum(f.stat().st_size for f in files if f.exists()),
+        topics=reader.topics,
+        start_ns=reader.start_ns,
+        end_ns=reader.end_ns,
+        metadata=reader.metadata,
+        complete=False,
+        problems=tuple(reader.problems)
+        or ("not closed properly (no metadata.yaml or MCAP summary): recovered by scanning",),
+    )
