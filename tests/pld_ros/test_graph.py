@@ -102,4 +102,5 @@ def test_the_recorder_joins_the_graph_when_recording_is_on_and_is_respawned() ->
     graph = build_graph(recording, Path("/p.yaml"))
     recorder = graph.node("recorder")
     assert recorder.respawn and recorder.parameters == {"profile": "/p.yaml"}
-    assert "/recorder" in graph.node("health_monitor").parameters["expected"]
+    expected = graph.node("health_monitor").parameters["expected"]
+    assert isinstance(expected, list) and "/recorder" in expected
