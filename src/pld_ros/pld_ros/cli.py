@@ -12,6 +12,7 @@ from pld_ros import __version__
 from pld_ros.collection import write_collection_profile
 from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
 from pld_ros.data.bag_commands import app as bag_app
+from pld_ros.data.dataset_commands import app as dataset_app
 from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
 from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
@@ -33,6 +34,7 @@ runs_app = typer.Typer(
 )
 app.add_typer(runs_app, name="runs")
 app.add_typer(bag_app, name="bag")
+app.add_typer(dataset_app, name="dataset")
 app.add_typer(sft_app, name="sft")
 
 ProfileArg = Annotated[

@@ -327,11 +327,12 @@ def resample(
 
 # ---- the project's episode types -------------------------------------------------------------
 
-_ORIGIN_OF_MODE = {
+ORIGIN_OF_MODE = {
     RunMode.BASE_ONLY: Origin.BASE,
     RunMode.PROBE_TAKEOVER: Origin.PLD,
     RunMode.RESIDUAL_ONLY: Origin.RESIDUAL,
 }
+"""Where an episode's data comes from, by the supervisor's run mode (a human takeover overrides it)."""
 
 
 def from_recorded_episode(episode: RecordedEpisode, *, task: str, control_rate: float) -> SftEpisode:
@@ -355,7 +356,7 @@ def from_recorded_episode(episode: RecordedEpisode, *, task: str, control_rate: 
         success=meta.outcome is Outcome.SUCCESS,
         info=EpisodeInfo(
             robot_id=meta.robot_id,
-            origin=_ORIGIN_OF_MODE[meta.mode],
+            origin=ORIGIN_OF_MODE[meta.mode],
             episode_id=meta.episode_id,
             extra={
                 "run_id": meta.run_id,

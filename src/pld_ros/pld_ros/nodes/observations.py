@@ -12,36 +12,18 @@ from collections.abc import Sequence
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from geometry_msgs.msg import Pose as PoseMsg
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from pld_msgs.msg import RobotState
 from pld_ros.core.frame_sync import FrameSync, NoSet, SyncedSet
-from pld_ros.core.observation import Float32Array, Observation, proprio_vector
-from pld_ros.core.spatial import Pose
+from pld_ros.core.messages import image_array, proprio_of
+from pld_ros.core.observation import Observation
 from pld_ros.nodes.camera_publisher import SENSOR_QOS
 
 
 def seconds(stamp: Time) -> float:
     return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
-
-
-def image_array(message: Image) -> np.ndarray:
-    """An rgb8 sensor_msgs/Image as H x W x 3 uint8 (a view of the message's buffer)."""
-    if message.encoding != "rgb8":
-        raise ValueError(f"expected an rgb8 image, got {message.encoding!r}")
-    rows = np.frombuffer(bytes(message.data), dtype=np.uint8).reshape(message.height, message.step)
-    return rows[:, : message.width * 3].reshape(message.height, message.width, 3)
-
-
-def pose_of(message: PoseMsg) -> Pose:
-    p, q = message.position, message.orientation
-    return Pose.of((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
-
-
-def proprio_of(state: RobotState) -> Float32Array:
-    return proprio_vector(pose_of(state.ee_pose), float(state.gripper_closure))
 
 
 class ViewCache:

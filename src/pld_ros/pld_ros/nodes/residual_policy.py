@@ -62,7 +62,8 @@ from pld_msgs.msg import (
 )
 from pld_ros.core.episode import Phase, RunMode, Source
 from pld_ros.core.frame_sync import NoSet
-from pld_ros.core.observation import ACTION_DIM, Float32Array, Observation
+from pld_ros.core.messages import action_of
+from pld_ros.core.observation import ACTION_DIM, Observation
 from pld_ros.models.residual_actor import ResidualActor
 from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
@@ -130,11 +131,6 @@ def metadata_int(weights: VerifiedWeights, key: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise WeightsError(f"metadata {key!r} is not an integer: {text!r}") from None
-
-
-def action_of(command: DeltaPoseCommand) -> Float32Array:
-    t, r = command.translation, command.rotation
-    return np.array([t.x, t.y, t.z, r.x, r.y, r.z, command.gripper], dtype=np.float32)
 
 
 class ResidualPolicyNode(Node):

@@ -15,10 +15,10 @@ from builtin_interfaces.msg import Time
 
 from pld_msgs.msg import StepRecord
 from pld_ros.core.episode import Outcome, Phase, RunMode, Source
+from pld_ros.core.messages import image_array
 from pld_ros.learning.episode_assembler import Ending, Tick
 from pld_ros.learning.episode_store import RecordedEpisode
 from pld_ros.nodes.camera_publisher import image_message
-from pld_ros.nodes.observations import image_array
 
 
 def tick_of(record: StepRecord, robot_id: str, view_names: tuple[str, ...]) -> Tick:

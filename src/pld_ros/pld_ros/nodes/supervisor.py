@@ -68,12 +68,13 @@ from pld_ros.core.episode_log import (
     summarize,
 )
 from pld_ros.core.frame_sync import NoSet
+from pld_ros.core.messages import pose_of
 from pld_ros.core.spatial import Pose
 from pld_ros.core.stage_machine import StageUpdate
 from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
-from pld_ros.nodes.observations import ViewCache, pose_of
+from pld_ros.nodes.observations import ViewCache
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 
 EVENTS_QOS = QoSProfile(
