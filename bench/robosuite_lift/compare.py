@@ -70,6 +70,11 @@ class RunConfig:
     eval_episodes: int = 20
     trainer: dict[str, float | int] = field(default_factory=dict)
     """Overrides of :class:`Trainer` fields."""
+    standardize_state: bool = True
+    """Give the learner the state standardized with the BC policy's statistics (mean and deviation
+    of its demonstrations' states), as the BC policy itself sees it. Our choice: what decides a
+    grasp, the cube relative to the hand, varies by centimetres, too little for networks on the
+    raw state to resolve."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -81,13 +86,15 @@ def _residual_policy(
     base: Callable[[Float32Array, int], Float32Array],
     xi: float,
     deterministic: bool,
+    learner_state: Callable[[Float32Array], Float32Array],
     residuals: list[Float32Array] | None = None,
 ) -> ActFn:
-    """Execute ``base + xi * residual``; the residuals drawn are appended to ``residuals``."""
+    """Execute ``base + xi * residual``; the learner sees ``learner_state(state)``; the residuals
+    drawn are appended to ``residuals``."""
 
     def act(state: Float32Array, t: int) -> tuple[Float32Array, Float32Array]:
         base_action = base(state, t)
-        residual = learner.sac.act(state, base_action, deterministic=deterministic)
+        residual = learner.sac.act(learner_state(state), base_action, deterministic=deterministic)
         if residuals is not None:
             residuals.append(residual)
         return base_action, np.clip(base_action + xi * residual, -1.0, 1.0).astype(np.float32)
@@ -120,6 +127,14 @@ def run(
             "wall_seconds": time.perf_counter() - started,
         }
 
+    mean, std = bc.state_mean.numpy(), bc.state_std.numpy()
+
+    def learner_state(state: Float32Array) -> Float32Array:
+        if not config.standardize_state:
+            return state
+        standardized: Float32Array = ((state - mean) / std).astype(np.float32)
+        return standardized
+
     zero = np.zeros(ACTION_DIM, dtype=np.float32)
     whole_action = config.method == "rlpd"
     # RLPD without a residual: the actor's "residual" is the whole action, on a zero base.
@@ -134,7 +149,7 @@ def run(
 
     def evaluation() -> None:
         result = evaluate(
-            _residual_policy(learner, base, xi, deterministic=True), env, config.eval_episodes, EVAL_SEED
+            _residual_policy(learner, base, xi, True, learner_state), env, config.eval_episodes, EVAL_SEED
         )
         curve.append({"steps": steps, "success_rate": result.success_rate, "updates": learner.sac.updates})
         updates = learner.sac.updates
@@ -153,12 +168,12 @@ def run(
             bases = np.zeros_like(executed) if whole_action else record.base_actions
         else:
             drawn: list[Float32Array] = []
-            record = run_episode(env, _residual_policy(learner, base, xi, False, drawn), seed)
+            record = run_episode(env, _residual_policy(learner, base, xi, False, learner_state, drawn), seed)
             residual, bases = np.asarray(drawn, dtype=np.float32), record.base_actions
         final_base = base(record.next_states[-1], record.length)
         learner.add(
             EpisodeSteps(
-                state=np.concatenate([record.states, record.next_states[-1:]]),
+                state=learner_state(np.concatenate([record.states, record.next_states[-1:]])),
                 base_action=np.concatenate([bases, final_base[None]]),
                 residual=residual,
                 reward=record.rewards,
@@ -237,6 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--xi", type=float, default=defaults.xi)
     r.add_argument("--trainer", type=json.loads, default={}, help="JSON object of Trainer overrides")
     r.add_argument("--base", type=Path, default=BASE_POLICY, help="the BC base policy's weights")
+    r.add_argument("--raw-state", action="store_true", help="give the learner the unstandardized state")
     t = commands.add_parser("table", help="aggregate the runs written so far")
     t.add_argument("--checkpoints", type=int, nargs="+", default=[0, 5000, 10000, 20000])
     args = parser.parse_args(argv)
@@ -251,6 +267,7 @@ def main(argv: list[str] | None = None) -> None:
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
             trainer=args.trainer,
+            standardize_state=not args.raw_state,
         )
         result = run(config, args.base)
         path = result_path(config.method, config.seed)

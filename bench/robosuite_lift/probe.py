@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--xi", type=float, default=0.5)
     parser.add_argument("--trainer", type=json.loads, default={}, help="JSON object of Trainer overrides")
     parser.add_argument("--base", type=Path, default=BASE_POLICY)
+    parser.add_argument("--raw-state", action="store_true", help="give the learner the unstandardized state")
     args = parser.parse_args()
     config = RunConfig(
         method="pld",
@@ -66,6 +67,7 @@ def main() -> None:
         calql_steps=args.calql_steps,
         eval_every=args.steps,
         trainer=args.trainer,
+        standardize_state=not args.raw_state,
     )
 
     def report(learner: Learner, episodes: int, steps: int) -> None:
