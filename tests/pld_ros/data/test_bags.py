@@ -250,7 +250,8 @@ def test_a_killed_writer_process_loses_only_its_open_chunk(tmp_path: Path) -> No
     )
     assert result.returncode == -9, result.stderr
     durable, total = (int(n) for n in result.stdout.split())
-    assert 0 < durable < total == 200
+    # Usually the last chunk is still open; on a loaded machine the last write may close it.
+    assert 0 < durable <= total == 200
     with pytest.warns(BagWarning):
         reader = BagReader(path)
     ids = [frame_id(m.data) for m in reader.messages(topics={CAMERA})]

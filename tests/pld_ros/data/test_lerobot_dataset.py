@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import threading
 from pathlib import Path
 
 import av
@@ -226,3 +228,16 @@ def test_the_reader_refuses_what_is_not_a_v3_dataset(tmp_path: Path) -> None:
     (tmp_path / "meta/info.json").write_text(json.dumps({"codebase_version": "v2.1"}))
     with pytest.raises(ValueError, match=r"codebase_version 'v2\.1'"):
         LeRobotReader(tmp_path)
+
+
+def test_encoding_leaves_this_process_without_real_time_threads(tmp_path: Path) -> None:
+    # Run as root, SVT-AV1 would leave the writing thread and its workers at SCHED_FIFO 99.
+    policy = os.sched_getscheduler(0)
+    write(tmp_path / "dataset", [episode(0, frames_count=6), episode(1, frames_count=4)])
+    assert os.sched_getscheduler(0) == policy
+    real_time = [
+        tid
+        for tid in map(int, os.listdir("/proc/self/task"))
+        if tid != threading.get_native_id() and os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR)
+    ]
+    assert real_time == [], "threads left real-time by the encoder"

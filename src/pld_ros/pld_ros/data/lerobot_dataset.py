@@ -222,6 +222,30 @@ class _Limits:
     video_mb: float
 
 
+def _threads() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+@contextlib.contextmanager
+def _ordinary_scheduling() -> Iterator[None]:
+    """Undo what SVT-AV1 does to scheduling. Run as root, its encoder puts the thread that opens it
+    and its own worker threads under SCHED_FIFO 99 (measured here): a CPU-hungry encoder would
+    then outrank a robot's control loop on the same machine, and the calling thread would stay
+    real-time for the rest of the process. The caller's policy is restored, and threads the encoder
+    started are returned to SCHED_OTHER."""
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    before = _threads()
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
+        for tid in _threads() - before:
+            with contextlib.suppress(OSError):  # a worker that has exited meanwhile
+                if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+
+
 class _VideoFiles:
     """One camera's video files: one continuous stream per file, episodes back to back."""
 
@@ -268,7 +292,8 @@ class _VideoFiles:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = self.frames
             frame.time_base = Fraction(1, self.fps)
-            packets = self._stream.encode(frame)
+            with _ordinary_scheduling():  # the first frame opens the encoder
+                packets = self._stream.encode(frame)
             self._container.mux(packets)
             self._bytes += sum(packet.size for packet in packets)
             self.frames += 1
@@ -277,7 +302,8 @@ class _VideoFiles:
         """Finish the open file (if any)."""
         if self._container is None or self._stream is None:
             return
-        self._container.mux(self._stream.encode(None))
+        with _ordinary_scheduling():
+            self._container.mux(self._stream.encode(None))
         self._container.close()
         self._container, self._stream = None, None
 
@@ -287,7 +313,10 @@ class _VideoFiles:
         self._container, self._stream = None, None
         if container is None or stream is None:
             return
-        with contextlib.suppress(av.FFmpegError):  # SVT-AV1 complains when closed unflushed
+        with (
+            contextlib.suppress(av.FFmpegError),
+            _ordinary_scheduling(),
+        ):  # SVT-AV1 complains when closed unflushed
             container.mux(stream.encode(None))
         container.close()
 
