@@ -28,9 +28,6 @@ if [ -f "$PLD_ROOT/install/setup.bash" ]; then
   source "$PLD_ROOT/install/setup.bash"
 fi
 export PLD_CONFIG_DIR="${PLD_CONFIG_DIR:-$PLD_ROOT/config}"
-# Fast DDS with a shared-memory segment big enough for full camera frames (docs/benchmarks.md):
-# with the defaults a subscriber to image_raw on the same host loses most 640x480 frames.
-export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$PLD_ROOT/config/fastdds_shm.xml}"
 # Offscreen rendering for the simulated worlds: EGL works headless on the CPU (Mesa llvmpipe).
 # Whichever module imports mujoco first fixes the backend, so it is set for every process here.
 export MUJOCO_GL="${MUJOCO_GL:-egl}"

@@ -17,6 +17,7 @@ from pld_ros.graph import Graph, build_graph
 from pld_ros.launcher import GraphRunner, LaunchError, forward_signals, process_specs
 from pld_ros.profile import ProfileError, default_config_dir, load_profile, resolve_profile_path
 from pld_ros.training.commands import app as train_app
+from pld_ros.training.reward_commands import app as reward_app
 from pld_ros.training.sft_commands import app as sft_app
 
 app = typer.Typer(
@@ -36,6 +37,7 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(bag_app, name="bag")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(sft_app, name="sft")
+app.add_typer(reward_app, name="reward")
 
 ProfileArg = Annotated[
     str, typer.Argument(help="Profile name in config/ (e.g. franka_pick_cube) or a path to a YAML file.")

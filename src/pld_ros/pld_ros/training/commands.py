@@ -285,17 +285,47 @@ def sim_classifier(
     out: Annotated[Path, typer.Option(help="ONNX file to write.")],
     seed: Annotated[int, typer.Option(min=0, help="Seed of initialization, shuffling and the split.")] = 0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Override the config's epochs.")] = None,
+    profile: ProfileOption = DEFAULT_PROFILE,
 ) -> None:
-    """Train the success classifier on privileged labels, report held-out precision / recall, export."""
-    from pld_ros.training.sim_success_classifier import ClassifierTrainingConfig, train_success_classifier
+    """Train the success classifier on episode files labelled by the privileged signal.
 
-    config = ClassifierTrainingConfig(seed=seed)
+    ``pld reward train`` (hard-negative mining, threshold in the ONNX metadata) on the frames of
+    these episode files, converted in memory as ``pld reward collect`` stores them; held-out
+    precision and recall are printed."""
+    from pld_ros.training.reward_classifier import (
+        RewardTrainingConfig,
+        export_reward_model,
+        train_reward_classifier,
+    )
+    from pld_ros.training.reward_dataset import labelled_rollout, privileged_heads
+    from pld_ros.training.rollouts import episode_files, load_episode
+
+    loaded, _, _ = _profile(profile)
+    config = RewardTrainingConfig(seed=seed)
     if epochs is not None:
         config = config.with_updates(epochs=epochs)
     try:
-        train_success_classifier(demos, out, config, log=typer.echo)
+        heads, final_head = privileged_heads(loaded)
+        assert loaded.reward is not None  # privileged_heads checked it
+        episodes = []
+        for directory in demos:
+            for path in episode_files(directory):
+                episode = load_episode(path)
+                if episode.view_names != loaded.reward.views:
+                    raise ValueError(
+                        f"{path}: views {episode.view_names}, the classifier takes {loaded.reward.views}"
+                    )
+                period = 1.0 / loaded.supervisor.control_rate
+                episodes.append(
+                    labelled_rollout(episode, f"{directory.name}-{path.stem}", heads, final_head, period)
+                )
+        if not episodes:
+            raise ValueError(f"no episodes in {', '.join(map(str, demos))}")
+        result = train_reward_classifier(episodes, config, log=typer.echo)
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    export_reward_model(result, out)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), thresholds {list(result.thresholds)}")
 
 
 if __name__ == "__main__":
