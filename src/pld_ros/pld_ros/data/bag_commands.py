@@ -37,6 +37,8 @@ app = typer.Typer(
 
 PLAY_DEPTH = 10
 """Messages each play publisher keeps for late transient-local subscribers (our choice)."""
+ACK_TIMEOUT = 2.0
+"""s the player waits, per topic, for reliable subscribers to acknowledge the last messages."""
 CLOCK_PERIOD = 0.025
 """s: the longest /clock stays unchanged during ``play --clock`` (40 Hz, as ``ros2 bag play``)."""
 DISCOVERY_DELAY = 1.0
@@ -200,6 +202,7 @@ def play(
         )
     # rclpy is imported here, not at the top: `pld --help` and `pld bag info` must not pay for it.
     import rclpy
+    from rclpy.duration import Duration
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
@@ -235,6 +238,10 @@ def play(
         # A pass that plays nothing (no message of the chosen topics) ends a loop too.
         while play_once(reader, set(publishers), rate, publish, publish_clock) and loop:
             pass
+        # Exiting right after the last publish can drop it: reliable delivery needs this process
+        # alive until the subscribers acknowledge (a best-effort subscriber never does: bounded).
+        for publisher in publishers.values():
+            publisher.wait_for_all_acked(Duration(seconds=ACK_TIMEOUT))
     except KeyboardInterrupt:
         pass
     finally:
