@@ -99,7 +99,7 @@ def test_arm_driver_moves_stops_and_survives_losing_the_robot(probe: Probe) -> N
 
         # The robot disappears: the node reports it and keeps running.
         sim.kill()
-        # libfranka notices a dead peer by its receive timeouts; on CI's loaded cores that took over 10 s.
+        # 10 s ran out once in a full-suite run (cause not found); isolated, it takes a few seconds.
         probe.spin_until(lambda: latest_mode(probe) == RobotState.MODE_DISCONNECTED, 25, "DISCONNECTED")
         assert "Network" in probe.states[-1].error or "TCP" in probe.states[-1].error
         probe.spin_until(
