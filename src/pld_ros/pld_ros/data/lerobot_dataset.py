@@ -292,7 +292,9 @@ class _VideoFiles:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = self.frames
             frame.time_base = Fraction(1, self.fps)
-            with _ordinary_scheduling():  # the first frame opens the encoder
+            # The first frame of a file opens the encoder and starts its threads; the scheduling
+            # check (two listings of /proc) is needed there only, not on every frame.
+            with _ordinary_scheduling() if self.frames == 0 else contextlib.nullcontext():
                 packets = self._stream.encode(frame)
             self._container.mux(packets)
             self._bytes += sum(packet.size for packet in packets)
