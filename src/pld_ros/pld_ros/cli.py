@@ -10,7 +10,8 @@ import typer
 
 from pld_ros import __version__
 from pld_ros.collection import write_collection_profile
-from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, summarize_run
+from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, read_episodes, summarize_run
+from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
 from pld_ros.data.bag_commands import app as bag_app
 from pld_ros.data.dataset_commands import app as dataset_app
 from pld_ros.graph import Graph, build_graph
@@ -182,6 +183,24 @@ def runs_summary(
     if not (run_dir / EPISODES_FILE).is_file():
         raise _fail(f"{run_dir}: no {EPISODES_FILE} (not a run directory)")
     typer.echo(summarize_run(run_dir, plot=plot))
+
+
+@runs_app.command("loop")
+def runs_loop(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (holds episodes.jsonl).")],
+    plot: Annotated[Path | None, typer.Option(help="Also write the loop's timeline plot (PNG) here.")] = None,
+) -> None:
+    """Print a long-horizon loop's statistics: cycles, per-stage success and duration, recoveries,
+    why stages failed, human interventions and the longest time without one."""
+    if not (run_dir / EPISODES_FILE).is_file():
+        raise _fail(f"{run_dir}: no {EPISODES_FILE} (not a run directory)")
+    try:
+        records = read_episodes(run_dir)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if plot is not None:
+        plot_loop(records, plot)
+    typer.echo(format_loop_summary(summarize_loop(records)))
 
 
 @app.command()

@@ -290,6 +290,12 @@ class Stage(_Section):
     """Next stage name, or "done" to end the episode (or cycle) with success."""
     on_failure: str = "abort"
     """Recovery stage name, or "abort" to end the episode as a failure."""
+    retries: NonNegativeInt = 0
+    """Times a failed stage is tried again, in a row, before ``on_failure`` is taken (e.g. a
+    recovery whose card slipped again)."""
+    prompt: str | None = None
+    """Instruction the base policy gets during this stage (one multi-task policy with the stage in
+    the prompt); none: the policy's own ``prompt``."""
 
 
 class Reward(_Section):
@@ -351,6 +357,16 @@ class Supervisor(_Section):
     """Half-width of the uniform random offset added to the home position on reset, m."""
     settle_time: NonNegativeFloat = 0.5
     """Seconds the scene must be still after a reset before an episode starts."""
+    episode_scope: Literal["task", "stage"] = "task"
+    """What one episode is. "task": a reset, then the stages until "done" or "abort". "stage": one
+    attempt at one stage, for a long-horizon loop (the YAM's GPU insertion): the next episode
+    starts where the last one ended, at the stage the machine routed to, without a reset; only
+    "done", "abort" or a fault bring a full reset. Each stage attempt then has its own sparse
+    reward, which is what per-sub-task PLD trains on."""
+    train_stages: tuple[RosName, ...] = ()
+    """Stages whose episodes the residual acts in (probe, then takeover); the others run the base
+    policy alone, and the warm-up counts only these. Empty: every stage. With episode_scope
+    "stage", this trains one sub-task's specialist on the start states the loop really reaches."""
 
 
 class Teleop(_Section):
@@ -531,6 +547,10 @@ class Profile(_Section):
                 raise ValueError(
                     f"view {view!r} is not a camera of this profile (cameras: {sorted(cameras)})"
                 )
+        stages = [stage.name for stage in self.reward.stages] if self.reward else []
+        for name in self.supervisor.train_stages:
+            if name not in stages:
+                raise ValueError(f"supervisor.train_stages: {name!r} is not a reward stage ({stages})")
         if self.supervisor.arm is not None and self.supervisor.arm not in self.arms:
             raise ValueError(f"supervisor.arm {self.supervisor.arm!r} is not an arm of this profile")
         if self.supervisor.arm is None and len(self.arms) > 1 and self.policies is not None:

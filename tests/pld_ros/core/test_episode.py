@@ -84,6 +84,10 @@ class Harness:
         self.base_fresh = True
         self.base_fresh_at: float | None = None
         self.success = 0.0
+        self.heads: tuple[float, ...] | None = None
+        """Scores of several heads; None: ``success`` on the one head."""
+        self.failure = ""
+        """A failure detector's report for the next tick only."""
         self.stale_cameras: tuple[str, ...] = ()
         self.outputs: list[TickOutput] = []
         self.events: list[Event] = []
@@ -111,11 +115,13 @@ class Harness:
                 gripper_closure=self.gripper,
                 arm_error=self.arm_error,
                 command=command,
-                scores=(self.success,) if self.scores else None,
+                scores=(self.heads or (self.success,)) if self.scores else None,
                 base_fresh_at=self.base_fresh_at,
                 stale_cameras=self.stale_cameras,
+                failure=self.failure,
             )
         )
+        self.failure = ""
         self._move(out)
         self.outputs.append(out)
         self.events.extend(out.events)
@@ -459,3 +465,127 @@ def test_scores_that_do_not_fit_the_stages_abort_the_episode() -> None:
     ended = harness.until_ended(ticks=1)
     assert ended.outcome is Outcome.ABORTED
     assert ended.reason == "bad success scores: stage 'lift' reads head 2, but the scores have 1 value(s)"
+
+
+# -- one episode per stage (a long-horizon loop) ---------------------------------------------------
+
+LOOP = (
+    Stage(name="insert", head=0, threshold=0.5, timeout=1.0, on_success="press", on_failure="recover"),
+    Stage(name="press", head=1, threshold=0.5, timeout=1.0, on_success="insert", on_failure="recover"),
+    Stage(name="recover", head=2, threshold=0.5, timeout=1.0, on_success="insert", on_failure="abort"),
+)
+HEADS = {"insert": (1.0, 0.0, 0.0), "press": (0.0, 1.0, 0.0), "recover": (0.0, 0.0, 1.0)}
+
+
+def loop_harness(**overrides: Any) -> Harness:
+    harness = Harness(
+        settings(**{"stages": LOOP, "stage_episodes": True, "max_episode_steps": 100, **overrides})
+    )
+    harness.heads = (0.0, 0.0, 0.0)
+    harness.supervisor.start()
+    harness.until_phase(Phase.PROBING)
+    return harness
+
+
+def succeed(harness: Harness, stage: str) -> Event:
+    assert harness.outputs[-1].status.stage_name == stage
+    harness.heads = HEADS[stage]
+    ended = harness.until_ended(ticks=5)
+    harness.heads = (0.0, 0.0, 0.0)
+    return ended
+
+
+def test_stage_episodes_go_on_where_the_last_one_ended_without_a_reset() -> None:
+    harness = loop_harness()
+    assert succeed(harness, "insert").outcome is Outcome.SUCCESS
+    out = harness.tick()
+    assert out.command is None and out.status.phase is Phase.PROBING, "no reset between stages"
+    assert [e.kind for e in out.events] == [EventKind.STARTED] and out.status.stage_name == "press"
+    assert succeed(harness, "press").outcome is Outcome.SUCCESS
+    harness.tick()
+    assert harness.outputs[-1].status.stage_name == "insert"
+    insert, press = harness.records
+    assert (insert.stage, insert.continued, insert.cycles) == ("insert", False, 0)
+    assert (press.stage, press.continued, press.cycles) == ("press", True, 1), "press closes the cycle"
+    assert harness.scene_resets == 1
+    assert all(not r.recovering for r in harness.records)
+
+
+def test_a_failure_detector_routes_the_stage_to_its_recovery_and_back() -> None:
+    harness = loop_harness()
+    succeed(harness, "insert")
+    harness.tick()
+    harness.failure = "part dropped"
+    ended = harness.until_ended(ticks=1)
+    assert ended.outcome is Outcome.FAILURE and ended.reason == "press failed: part dropped"
+    harness.tick()
+    assert harness.outputs[-1].status.stage_name == "recover"
+    assert succeed(harness, "recover").outcome is Outcome.SUCCESS
+    harness.tick()
+    assert harness.outputs[-1].status.stage_name == "insert"
+    recover = harness.records[-1]
+    assert recover.stage == "recover" and recover.recovering and recover.continued
+    assert harness.scene_resets == 1, "the loop recovered by itself"
+
+
+def test_a_stage_timeout_and_the_step_limit_fail_the_stage_into_its_recovery() -> None:
+    harness = loop_harness()
+    ended = harness.until_ended(ticks=25)
+    assert ended.outcome is Outcome.FAILURE and ended.reason.startswith("insert timed out after 1.0 s")
+    harness.tick()
+    assert harness.outputs[-1].status.stage_name == "recover"
+    assert succeed(harness, "recover").outcome is Outcome.SUCCESS
+
+    limited = loop_harness(max_episode_steps=5)
+    ended = limited.until_ended(ticks=6)
+    assert ended.outcome is Outcome.FAILURE and ended.reason == "insert failed: step limit (5 steps)"
+    limited.tick()
+    assert limited.outputs[-1].status.stage_name == "recover"
+
+
+def test_a_failed_recovery_and_a_fault_bring_a_full_reset_and_the_first_stage() -> None:
+    harness = loop_harness()
+    harness.failure = "part dropped"
+    harness.until_ended(ticks=1)
+    harness.tick()
+    ended = harness.until_ended(ticks=25)  # the recovery times out: "abort"
+    assert ended.outcome is Outcome.FAILURE and ended.reason.startswith("recover timed out")
+    assert harness.tick().status.phase is Phase.RESETTING
+    harness.until_phase(Phase.PROBING)
+    assert harness.scene_resets == 2 and harness.outputs[-1].status.stage_name == "insert"
+
+    succeed(harness, "insert")
+    harness.tick()
+    harness.stale_cameras = ("wrist",)
+    assert harness.until_ended(ticks=1).outcome is Outcome.ABORTED
+    harness.stale_cameras = ()
+    harness.until_phase(Phase.PROBING)
+    assert harness.scene_resets == 3 and harness.outputs[-1].status.stage_name == "insert"
+    assert [r.continued for r in harness.records] == [False, True, False, True]
+
+
+def test_only_the_trained_stages_use_the_residual_and_count_toward_the_warm_up() -> None:
+    harness = loop_harness(train_stages=("press",), warmup_episodes=2)
+    for _ in range(4):
+        succeed(harness, "insert")
+        harness.tick()
+        succeed(harness, "press")
+        harness.tick()
+    modes = [(e.episode_id, e.mode) for e in started(harness)]
+    by_stage = dict(
+        zip([r.episode_id for r in harness.records], [r.stage for r in harness.records], strict=True)
+    )
+    press = [mode for episode, mode in modes if by_stage.get(episode) == "press"]
+    insert = [mode for episode, mode in modes if by_stage.get(episode) == "insert"]
+    assert press == [RunMode.BASE_ONLY] * 2 + [RunMode.PROBE_TAKEOVER] * 2, "two press warm-up episodes"
+    assert set(insert) == {RunMode.BASE_ONLY}
+
+
+def test_the_shipped_yam_profile_runs_stage_episodes_in_a_loop() -> None:
+    profile = load_profile(CONFIG_DIR / "yam_gpu_insertion.yaml")
+    loaded = EpisodeSettings.from_profile(profile)
+    assert loaded.stage_episodes
+    stages = {stage.name: stage for stage in loaded.stages}
+    assert stages["unplug_return"].on_success == "insert_slot1", "the task loops"
+    assert all(stage.on_failure == "recover" for name, stage in stages.items() if name != "recover")
+    assert all(stage.prompt for stage in loaded.stages), "one multi-task policy: a prompt per stage"

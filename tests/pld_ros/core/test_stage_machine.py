@@ -142,3 +142,38 @@ def test_a_stage_graph_naming_unknown_stages_is_refused() -> None:
         StageMachine([Stage(name="lift"), Stage(name="lift")])
     with pytest.raises(ValueError, match="at least one"):
         StageMachine([])
+
+
+def test_retries_try_a_failed_stage_again_before_its_failure_route() -> None:
+    stages = [
+        Stage(name="work", head=0, timeout=1.0, on_failure="recover"),
+        Stage(name="recover", head=1, timeout=1.0, retries=2, on_success="work", on_failure="abort"),
+    ]
+    machine = StageMachine(stages)
+    machine.reset(0.0)
+    assert machine.fail("dropped", 0.1).name == "work"
+    assert machine.snapshot(0.1).name == "recover"
+    # Two retries: the recovery is tried three times in all, then "abort".
+    first = machine.fail("dropped again", 0.2)
+    assert first.status is StageStatus.FAILED and first.outcome is None
+    retry = machine.snapshot(0.2)
+    assert (retry.name, retry.status, retry.reason) == (
+        "recover",
+        StageStatus.RECOVERING,
+        "recover failed: dropped again (retry 1)",
+    )
+    assert machine.update([0.0, 0.0], 1.25).outcome is None, "each retry has its own timeout"
+    assert machine.update([0.0, 0.0], 1.3).outcome is None and machine.snapshot(1.3).reason.endswith(
+        "(retry 2)"
+    )
+    assert machine.update([0.0, 0.0], 2.4).outcome is TaskOutcome.FAILURE
+    # A success in between starts the count over.
+    machine.reset(0.0)
+    machine.fail("dropped", 0.0)
+    machine.fail("dropped", 0.0)
+    for t in range(3):
+        machine.update([0.0, 1.0], 0.1 + t * DT)
+    assert machine.snapshot(0.3).name == "work"
+    machine.fail("dropped", 0.4)
+    assert machine.fail("dropped", 0.5).outcome is None and machine.fail("dropped", 0.6).outcome is None
+    assert machine.fail("dropped", 0.7).outcome is TaskOutcome.FAILURE, "two retries, then the route"

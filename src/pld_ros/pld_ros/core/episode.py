@@ -16,6 +16,12 @@ command to send, the events to publish, whether to reset the scene, and the stat
    fails to "abort"; ABORTED on any fault or an operator's stop or e-stop. A fault always wins
    over a success seen at the same tick: a faulty episode is never a success or a failure.
 
+With ``stage_episodes`` (a long-horizon loop) an episode is one attempt at one stage: it ends
+SUCCESS or FAILURE at the stage's own transition (a failure detector and the step limit fail the
+stage too, so they follow its ``on_failure`` route), and the next episode starts at the stage the
+machine routed to, at the next tick and without a reset. Only a terminal "done" or "abort", or an
+ABORTED episode, bring a full reset (arm home, scene reset) and the first stage again.
+
 Between episodes the supervisor waits while it is paused, e-stopped, or a fault (arm, camera)
 persists, and goes on by itself once it clears.
 """
@@ -114,6 +120,11 @@ class EpisodeSettings:
     warmup_episodes: int = 10
     max_probe_steps: int = 40
     """K of k ~ U[0, K]."""
+    stage_episodes: bool = False
+    """One episode per stage attempt (the profile's ``supervisor.episode_scope: stage``)."""
+    train_stages: tuple[str, ...] = ()
+    """Stages whose episodes use the run's mode; the others run BASE_ONLY and do not count toward
+    the warm-up. Empty: every stage."""
     home_position: tuple[float, float, float] | None = None
     """None: the arm's position at the first tick."""
     home_orientation: tuple[float, float, float, float] | None = None
@@ -160,6 +171,8 @@ class EpisodeSettings:
             successes=supervisor.successes,
             warmup_episodes=supervisor.warmup_episodes,
             max_probe_steps=profile.policies.residual.max_probe_steps,
+            stage_episodes=supervisor.episode_scope == "stage",
+            train_stages=supervisor.train_stages,
             home_position=supervisor.home_position,
             home_orientation=supervisor.home_orientation,
             home_randomization=supervisor.home_randomization,
@@ -201,6 +214,9 @@ class TickInput:
     stale_cameras: tuple[str, ...] = ()
     scene_reset_busy: bool = False
     """A scene reset call is still in flight."""
+    failure: str = ""
+    """A failure detector fired since the previous tick (e.g. "part dropped"): the running stage
+    fails and follows its ``on_failure`` route. "" when none did."""
     not_ready: str = ""
     """Why the policy side cannot run an episode yet (a node not up), "" when it can. Only
     consulted between episodes: within one, silence is a fault of its own."""
@@ -301,6 +317,12 @@ class _Episode:
     last_command_step: int = 0
     last_scores_step: int = 0
     human_steps: int = 0
+    continued: bool = False
+    """Started where the previous episode ended, without a reset (stage episodes)."""
+    recovering: bool = False
+    """Its stage was entered through a failure edge."""
+    trained: bool = True
+    """It starts in a trained stage (``train_stages``): it counts toward the warm-up."""
 
 
 @dataclass
@@ -341,7 +363,10 @@ class EpisodeSupervisor:
         self._last_id = first_episode_id - 1
         self._last_outcome = Outcome.NONE
         self._completed = 0
-        """Non-aborted episodes ever ended: they count toward the warm-up."""
+        """Non-aborted episodes of trained stages ever ended: they count toward the warm-up."""
+        self._continue = False
+        """The last episode was a stage that routed to another stage: the next one starts there,
+        without a reset."""
         self._run: _Run | None = None
         self._last_run: _Run | None = None
         """The current run, or the last one after it ended (for the status)."""
@@ -486,7 +511,10 @@ class EpisodeSupervisor:
             self._phase = Phase.IDLE
             return
         self._waiting = ""
-        self._begin_reset(tick, out)
+        if self._continue:
+            self._continue_loop(tick, out)
+        else:
+            self._begin_reset(tick, out)
 
     def _run_complete(self, run: _Run) -> str:
         """Why the run is complete, or "" while it is not."""
@@ -520,22 +548,33 @@ class EpisodeSupervisor:
         )
         return Pose.of(position, orientation)
 
+    def _trained(self, stage: str) -> bool:
+        return not self.settings.train_stages or stage in self.settings.train_stages
+
+    def _mode_and_probe(self, stage: str) -> tuple[RunMode, int]:
+        """The next episode's mode and probe length k, for an episode that starts in ``stage``."""
+        assert self._run is not None
+        settings = self.settings
+        mode = self._run.request.mode if self._run.request.mode is not None else settings.mode
+        if self._completed < settings.warmup_episodes or not self._trained(stage):
+            mode = RunMode.BASE_ONLY
+        if mode is RunMode.PROBE_TAKEOVER:
+            return mode, int(self._rng.integers(0, settings.max_probe_steps, endpoint=True))
+        # The base acts for the whole episode, or not at all.
+        return mode, settings.max_episode_steps if mode is RunMode.BASE_ONLY else 0
+
     def _begin_reset(self, tick: TickInput, out: _Tick) -> None:
         assert self._run is not None and self._home is not None
         settings = self.settings
         radius = settings.home_randomization
         offset = self._rng.uniform(-radius, radius, size=3)
         goal = Pose(np.clip(self._home.position + offset, self._low, self._high), self._home.orientation)
-        mode = self._run.request.mode if self._run.request.mode is not None else settings.mode
-        if self._completed < settings.warmup_episodes:
-            mode = RunMode.BASE_ONLY
-        if mode is RunMode.PROBE_TAKEOVER:
-            probe_steps = int(self._rng.integers(0, settings.max_probe_steps, endpoint=True))
-        else:
-            # The base acts for the whole episode, or not at all.
-            probe_steps = settings.max_episode_steps if mode is RunMode.BASE_ONLY else 0
+        first = settings.stages[0].name
+        mode, probe_steps = self._mode_and_probe(first)
         self._last_id += 1
-        self._episode = _Episode(self._last_id, mode, probe_steps, goal, reset_started_at=tick.now)
+        self._episode = _Episode(
+            self._last_id, mode, probe_steps, goal, reset_started_at=tick.now, trained=self._trained(first)
+        )
         self._stage = self._idle_stage()
         self._set_phase(Phase.RESETTING, "reset", out)
         x, y, z = goal.position
@@ -631,17 +670,42 @@ class EpisodeSupervisor:
 
     # -- the episode ---------------------------------------------------------------------------
 
+    def _continue_loop(self, tick: TickInput, out: _Tick) -> None:
+        """Start the next stage's episode where the last one ended: no reset, no scene reset."""
+        assert tick.pose is not None  # a fault (no pose) keeps the supervisor waiting
+        stage = self.stages.stage.name
+        mode, probe_steps = self._mode_and_probe(stage)
+        self._last_id += 1
+        episode = _Episode(
+            self._last_id,
+            mode,
+            probe_steps,
+            tick.pose,
+            reset_started_at=tick.now,
+            continued=True,
+            trained=self._trained(stage),
+        )
+        self._episode = episode
+        self._start(tick, episode, out)
+
     def _start(self, tick: TickInput, episode: _Episode, out: _Tick) -> None:
         self._reset_failures = 0
         episode.started_at = tick.now
         episode.started_wall = tick.wall_time
-        self.stages.reset(tick.now)
+        if episode.continued:
+            # The stage's clock restarts with the episode: the pause between them is not its time.
+            self.stages.restart_stage(tick.now)
+        else:
+            self.stages.reset(tick.now)
         self._stage = self.stages.snapshot(tick.now)
+        episode.recovering = self._stage.status is StageStatus.RECOVERING
         phase = Phase.TAKEOVER if episode.mode is RunMode.RESIDUAL_ONLY else Phase.PROBING
         self._phase = phase
         out.events.append(self._event(EventKind.STARTED, Outcome.NONE, "started"))
+        where = f", stage {self._stage.name}" if self.settings.stage_episodes else ""
         out.messages.append(
-            f"episode {episode.episode_id} started: mode {episode.mode.name.lower()}, k={episode.probe_steps}"
+            f"episode {episode.episode_id} started: mode {episode.mode.name.lower()}, "
+            f"k={episode.probe_steps}{where}"
         )
 
     def _run_episode(self, tick: TickInput, fault: str, out: _Tick) -> None:
@@ -667,7 +731,9 @@ class EpisodeSupervisor:
         if fault:
             self._end(tick.now, tick.wall_time, Outcome.ABORTED, fault, out)
             return
-        if tick.scores is not None:
+        if tick.failure:
+            self._stage = self.stages.fail(tick.failure, tick.now)
+        elif tick.scores is not None:
             try:
                 self._stage = self.stages.update(tick.scores, tick.now)
             except ValueError as exc:  # scores that do not fit the stages: a reward misconfigured
@@ -675,6 +741,9 @@ class EpisodeSupervisor:
                 return
         else:
             self._stage = self.stages.snapshot(tick.now)
+        if self.settings.stage_episodes:
+            self._end_stage_episode(tick, episode, out)
+            return
         if self._stage.outcome is TaskOutcome.SUCCESS:
             self._end(tick.now, tick.wall_time, Outcome.SUCCESS, f"success: {self._stage.reason}", out)
         elif self._stage.outcome is TaskOutcome.FAILURE:
@@ -688,6 +757,18 @@ class EpisodeSupervisor:
                 out,
             )
 
+    def _end_stage_episode(self, tick: TickInput, episode: _Episode, out: _Tick) -> None:
+        """A stage episode ends with its stage's transition; the step limit fails the stage."""
+        stage = self._stage
+        if stage.status not in (StageStatus.SUCCEEDED, StageStatus.FAILED):
+            if episode.step < self.settings.max_episode_steps:
+                return
+            stage = self.stages.fail(f"step limit ({self.settings.max_episode_steps} steps)", tick.now)
+            self._stage = stage
+        outcome = Outcome.SUCCESS if stage.status is StageStatus.SUCCEEDED else Outcome.FAILURE
+        self._end(tick.now, tick.wall_time, outcome, stage.reason, out)
+        self._continue = not stage.done
+
     def _end(self, now: float, wall_time: float, outcome: Outcome, reason: str, out: _Tick) -> None:
         episode = self._episode
         run = self._run
@@ -695,6 +776,8 @@ class EpisodeSupervisor:
         started = self._phase is not Phase.RESETTING
         self._phase = Phase.DONE
         self._last_outcome = outcome
+        # Set again by a stage episode that routes on; anything else ends with a full reset.
+        self._continue = False
         run.episodes += 1
         if outcome is Outcome.SUCCESS:
             run.successes += 1
@@ -702,7 +785,7 @@ class EpisodeSupervisor:
             run.failures += 1
         else:
             run.aborted += 1
-        if outcome is not Outcome.ABORTED:
+        if outcome is not Outcome.ABORTED and episode.trained:
             self._completed += 1
         out.events.append(self._event(EventKind.ENDED, outcome, reason))
         out.records.append(
@@ -718,6 +801,8 @@ class EpisodeSupervisor:
                 started_at=episode.started_wall if started else wall_time,
                 stage=self._stage.name if started else "",
                 cycles=self._stage.cycle if started else 0,
+                continued=episode.continued,
+                recovering=episode.recovering,
             )
         )
         out.messages.append(

@@ -49,7 +49,11 @@ class EpisodeRecord:
     stage: str = ""
     """Stage the episode ended in."""
     cycles: int = 0
-    """Completed cycles of the task."""
+    """Completed cycles of the task since the stage machine last started over."""
+    continued: bool = False
+    """Started where the previous episode ended, without a reset (an episode per stage)."""
+    recovering: bool = False
+    """Its stage was a recovery: entered through a failure edge."""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

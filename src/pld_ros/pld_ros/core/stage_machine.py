@@ -5,12 +5,13 @@ stage succeeds when its head's probability is above the stage's threshold for ``
 consecutive frames (one flickering frame never counts), and fails when it runs longer than its
 timeout or an external failure detector fires (:meth:`StageMachine.fail`, e.g. a dropped object).
 Success follows ``on_success`` (the next stage, or "done"); failure follows ``on_failure`` (a
-recovery stage, or "abort"). A stage entered through a failure edge is *recovering* until it
-succeeds.
+recovery stage, or "abort"), once the stage's ``retries`` in a row have failed too. A stage
+entered through a failure edge (or retried) is *recovering* until it succeeds.
 
 "done" ends the task with success and "abort" with failure; both are terminal until
-:meth:`StageMachine.reset`. A *cycle* is one completion of the whole task: reaching "done", or the
-last stage succeeding into an earlier stage (a task that loops, like the YAM's insert / remove).
+:meth:`StageMachine.reset`. A *cycle* is one completion of the whole task: reaching "done", or a
+stage succeeding into an earlier stage (a task that loops, like the YAM's insert / remove), unless
+that stage was a recovery (its success only gets the loop back on track).
 
 Pure and deterministic: the caller passes the time (seconds on any monotonic clock) to every call.
 """
@@ -96,6 +97,8 @@ class StageMachine:
         self._cycle = 0
         self._recovering = False
         self._reason = ""
+        self._failures = 0
+        """Failures in a row of the current stage (its retries so far)."""
         self._terminal: StageUpdate | None = None
 
     @property
@@ -108,7 +111,15 @@ class StageMachine:
         self._started = True
         self._cycle = 0
         self._terminal = None
+        self._failures = 0
         self._enter(0, now, recovering=False, reason="reset")
+
+    def restart_stage(self, now: float) -> None:
+        """Restart the current stage's clock and debounce, keeping where the machine is (a stage
+        episode that starts a tick or a pause after the previous one ended)."""
+        self._require_started()
+        if self._terminal is None:
+            self._enter(self._index, now, recovering=self._recovering, reason=self._reason)
 
     def update(self, probabilities: Sequence[float], now: float) -> StageUpdate:
         """Feed one frame's success probabilities (indexed by the stages' ``head``)."""
@@ -161,6 +172,8 @@ class StageMachine:
             raise RuntimeError("StageMachine.update before reset(): the start time is needed first")
 
     def _enter(self, index: int, now: float, *, recovering: bool, reason: str) -> None:
+        if index != self._index:
+            self._failures = 0
         self._index = index
         self._entered_at = now
         self._streak = 0
@@ -183,22 +196,26 @@ class StageMachine:
     def _succeed(self, now: float) -> StageUpdate:
         stage = self.stage
         reason = f"{stage.name} succeeded ({self._streak} frames above {stage.threshold:g})"
-        last = self._index == len(self.stages) - 1
         if stage.on_success == DONE:
             self._cycle += 1
             update = self._transition_update(StageStatus.SUCCEEDED, now, reason)
             self._terminal = replace(update, outcome=TaskOutcome.SUCCESS)
             return self._terminal
         target = self._index_of[stage.on_success]
-        if last and target < self._index:
+        if target <= self._index and not self._recovering:
             self._cycle += 1
         update = self._transition_update(StageStatus.SUCCEEDED, now, reason)
+        self._failures = 0
         self._enter(target, now, recovering=False, reason=reason)
         return update
 
     def _route_failure(self, reason: str, now: float) -> StageUpdate:
         stage = self.stage
         update = self._transition_update(StageStatus.FAILED, now, reason)
+        self._failures += 1
+        if self._failures <= stage.retries:
+            self._enter(self._index, now, recovering=True, reason=f"{reason} (retry {self._failures})")
+            return update
         if stage.on_failure == ABORT:
             self._terminal = replace(update, outcome=TaskOutcome.FAILURE)
             return self._terminal
