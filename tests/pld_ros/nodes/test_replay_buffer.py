@@ -119,17 +119,26 @@ class Side:
         self.probe.spin_until(settled, 10.0, f"{self.sent} records delivered, open episode {open_episode!r}")
 
     def end(
-        self, episode_id: int, outcome: Outcome, steps: int, mode: RunMode = RunMode.PROBE_TAKEOVER
+        self,
+        episode_id: int,
+        outcome: Outcome,
+        steps: int,
+        mode: RunMode = RunMode.PROBE_TAKEOVER,
+        stage: str = "",
     ) -> None:
-        event = EpisodeEvent(robot_id=ROBOT, episode_id=episode_id, event=EpisodeEvent.ENDED, step=steps)
+        event = EpisodeEvent(
+            robot_id=ROBOT, episode_id=episode_id, event=EpisodeEvent.ENDED, step=steps, stage=stage
+        )
         event.outcome.value, event.mode.value, event.phase.value = int(outcome), int(mode), int(Phase.DONE)
         self.events.publish(event)
 
-    def episode(self, episode_id: int, steps: range, outcome: Outcome, mode: RunMode) -> None:
+    def episode(
+        self, episode_id: int, steps: range, outcome: Outcome, mode: RunMode, stage: str = ""
+    ) -> None:
         for step in steps:
             self.tick(episode_id, step, mode)
         self.delivered(str(episode_id))
-        self.end(episode_id, outcome, len(steps), mode)
+        self.end(episode_id, outcome, len(steps), mode, stage)
         self.delivered("")
 
 
@@ -243,5 +252,37 @@ def test_ended_episodes_are_stored_whole_streamed_and_survive_a_killed_node(
             episode_file_name(ROBOT, i) for i in (1, 2, 4)
         ]
         assert leftovers(episodes_dir) == []
+    finally:
+        node.kill()
+
+
+def test_only_the_trained_stages_episodes_are_streamed_and_every_stage_is_stored(
+    probe: RosProbe, tmp_path: Path
+) -> None:
+    episodes_dir, runs = tmp_path / "episodes", tmp_path / "runs"
+    profile = tmp_path / "replay_buffer_stages.yaml"
+    stages = (
+        "reward: {backend: onnx, path: reward.onnx, views: [wrist, side], stages: ["
+        "{name: insert, on_success: press}, {name: press, on_success: insert}]}\n"
+    )
+    text = PROFILE.format(runs=runs, episodes=episodes_dir).replace(
+        "supervisor: {", "supervisor: {train_stages: [press], episode_scope: stage, "
+    )
+    profile.write_text(text + stages)
+    side = Side(probe)
+    node = start_node(profile)
+    try:
+        node.wait_for("replay buffer of test_rig", 30.0)
+        side.connect(node)
+        side.episode(1, range(6), Outcome.SUCCESS, RunMode.BASE_ONLY, stage="insert")
+        side.episode(2, range(8), Outcome.SUCCESS, RunMode.PROBE_TAKEOVER, stage="press")
+        probe.spin_until(
+            lambda: side.diagnostics.get("episodes_written") == "2", 20.0, f"two episodes\n{node.output}"
+        )
+        assert sorted(stored(episodes_dir)) == [1, 2], "every stage's episodes are kept for distilling"
+        probe.spin_until(lambda: len(side.streamed) >= 8, 10.0, "the trained stage's episode streamed")
+        probe.spin_for(0.5)
+        assert {r.episode_id for r in side.streamed} == {2}
+        assert side.diagnostics["other_stage"] == "1"
     finally:
         node.kill()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from rclpy.action.client import ActionClient
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from pld_msgs.action import RunEpisodes
@@ -31,6 +31,7 @@ from pld_msgs.msg import (
     EpisodeOutcome,
     EpisodePhase,
     EpisodeStatus,
+    LoopStats,
     RobotState,
     RunMode,
     StageState,
@@ -38,7 +39,7 @@ from pld_msgs.msg import (
 )
 from pld_msgs.srv import EStop
 from pld_ros.core.episode_log import PLOT_FILE, SUMMARY_FILE, read_episodes
-from pld_ros.nodes.supervisor import EVENTS_QOS
+from pld_ros.nodes.supervisor import EVENTS_QOS, LATCHED_QOS, LOOP_PLOT_FILE
 from tests.conftest import FIXTURES
 from tests.processes import Watched
 from tests.ros_probe import RosProbe
@@ -62,6 +63,9 @@ class PolicySide(RosProbe):
         super().__init__("policy_side")
         self.base_alive = True
         self.success = False
+        self.forced: float | None = None
+        """A success probability to report instead of the simulator's."""
+        self.loop: Any = None
         self.events: list[Any] = []
         self.states: list[Any] = []
         self.status: Any = None
@@ -74,6 +78,8 @@ class PolicySide(RosProbe):
         node.create_subscription(EpisodeEvent, "/episode/events", self._on_event, EVENTS_QOS)
         node.create_subscription(EpisodeStatus, "/episode/status", lambda m: setattr(self, "status", m), 10)
         node.create_subscription(StageState, "/stage/state", lambda m: setattr(self, "stage", m), 10)
+        node.create_subscription(LoopStats, "/loop/stats", lambda m: setattr(self, "loop", m), LATCHED_QOS)
+        self.failures = node.create_publisher(String, "/stage/failure", 10)
         self.base = node.create_publisher(BaseAction, "/policy/base/action", 10)
         self.scores = node.create_publisher(SuccessScores, "/reward/scores", 10)
         self.commands = node.create_publisher(DeltaPoseCommand, "/arm/command", 10)
@@ -94,7 +100,8 @@ class PolicySide(RosProbe):
         action = BaseAction(action=[0.0] * 7, fresh=self.base_alive, age=0.05)
         action.header.stamp = state.header.stamp
         self.base.publish(action)
-        scores = SuccessScores(probabilities=[1.0 if self.success else 0.0], privileged=True)
+        probability = self.forced if self.forced is not None else float(self.success)
+        scores = SuccessScores(probabilities=[probability], privileged=True)
         scores.header.stamp = state.header.stamp
         self.scores.publish(scores)
         episode = self.episode
@@ -266,6 +273,86 @@ def test_the_supervisor_resets_runs_ends_aborts_recovers_and_pauses(side: Policy
         assert feedback and feedback[-1].feedback.status.episode_id == 8
         assert on_demand.process.poll() is None, "an on-demand supervisor waits for the next goal"
         client.destroy()
+    finally:
+        for process in processes:
+            if process.process.poll() is None:
+                process.process.send_signal(signal.SIGINT)
+        for process in processes:
+            try:
+                process.wait_exit(timeout=10)
+            except Exception:
+                process.kill()
+    for process in processes:
+        assert "Traceback" not in process.output, process.output
+
+
+def test_a_loop_of_stage_episodes_goes_on_without_resets_recovers_and_reports(
+    side: PolicySide, tmp_path: Path
+) -> None:
+    """Episode scope "stage": each stage attempt is an episode; a detector's failure on
+    stage/failure routes to the recovery; loop/stats and the run's summary report the loop."""
+    stages = [
+        {"name": "grasp", "timeout": 30.0, "on_success": "lift", "on_failure": "recover"},
+        {"name": "lift", "timeout": 30.0, "on_success": "grasp", "on_failure": "recover"},
+        {"name": "recover", "timeout": 30.0, "on_success": "grasp", "on_failure": "abort"},
+    ]
+    profile = tmp_path / "loop.yaml"
+    profile.write_text(
+        yaml.safe_dump(
+            {
+                "extends": str(PROFILE),
+                "reward": {"stages": stages},
+                "supervisor": {
+                    "run_directory": str(tmp_path),
+                    "episode_scope": "stage",
+                    "max_episode_steps": 400,
+                    "warmup_episodes": 0,
+                },
+            }
+        )
+    )
+    world = node("sim_world", profile)
+    driver = node("arm_driver", profile, "arm:=arm")
+    supervisor = node("supervisor", profile)
+    processes = (world, driver, supervisor)
+    try:
+        side.forced = 0.0
+        side.wait_event(EpisodeEvent.STARTED, 1, 60, supervisor)
+        assert side.stage.name == "grasp"
+        side.forced = 1.0
+        assert side.wait_event(EpisodeEvent.ENDED, 1, 10, supervisor).outcome.value == EpisodeOutcome.SUCCESS
+        side.forced = 0.0
+        second = side.wait_event(EpisodeEvent.STARTED, 2, 5, supervisor)
+        assert second.phase.value == EpisodePhase.PROBING
+        side.spin_until(lambda: side.stage.name == "lift", 5, "the second stage")
+        assert "episode 2: resetting" not in supervisor.output, "no reset between stages"
+        side.failures.publish(String(data="part dropped"))
+        failed = side.wait_event(EpisodeEvent.ENDED, 2, 5, supervisor)
+        assert (failed.outcome.value, failed.reason) == (EpisodeOutcome.FAILURE, "lift failed: part dropped")
+        side.wait_event(EpisodeEvent.STARTED, 3, 5, supervisor)
+        side.spin_until(lambda: side.stage.name == "recover", 5, "the recovery")
+        assert side.stage.status == StageState.STATUS_RECOVERING
+        side.spin_until(lambda: side.loop is not None and side.loop.attempts == 2, 5, "loop statistics")
+        loop = side.loop
+        assert list(loop.stages) == ["grasp", "lift"] and list(loop.stage_successes) == [1, 0]
+        assert (loop.cycles, loop.interventions, loop.recoveries) == (0, 0, 0)
+        side.forced = 1.0
+        assert side.wait_event(EpisodeEvent.ENDED, 3, 10, supervisor).outcome.value == EpisodeOutcome.SUCCESS
+        side.spin_until(lambda: side.loop.attempts == 3, 5, "the recovery in the statistics")
+        assert (side.loop.recoveries, side.loop.recovered) == (1, 1)
+
+        supervisor.process.send_signal(signal.SIGINT)
+        assert supervisor.wait_exit(timeout=15) == 0, supervisor.output
+        [run_dir] = tmp_path.glob("franka_pick_cube-*")
+        records = read_episodes(run_dir)
+        assert [(r.stage, r.continued, r.recovering) for r in records[:3]] == [
+            ("grasp", False, False),
+            ("lift", True, False),
+            ("recover", True, True),
+        ]
+        summary = (run_dir / SUMMARY_FILE).read_text()
+        assert "recoveries (succeeded)" in summary and "cycles completed" in summary
+        assert (run_dir / LOOP_PLOT_FILE).stat().st_size > 0
     finally:
         for process in processes:
             if process.process.poll() is None:

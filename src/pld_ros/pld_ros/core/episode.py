@@ -242,6 +242,8 @@ class Event:
     step: int
     probe_steps: int
     reason: str
+    stage: str
+    """The stage being worked on (for ENDED: the one it ended in)."""
 
 
 @dataclass(frozen=True)
@@ -827,6 +829,7 @@ class EpisodeSupervisor:
             step=episode.step,
             probe_steps=episode.probe_steps,
             reason=reason,
+            stage=self._stage.name,
         )
 
     def _idle_stage(self) -> StageUpdate:

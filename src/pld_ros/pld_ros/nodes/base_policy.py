@@ -20,7 +20,7 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-from pld_msgs.msg import ActionChunk, BaseAction, EpisodeEvent, RobotState
+from pld_msgs.msg import ActionChunk, BaseAction, EpisodeEvent, RobotState, StageState
 from pld_ros.core.action_chunks import Chunk, ChunkBuffer, ChunkConfig, TickAction
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM
@@ -45,6 +45,11 @@ class BasePolicyNode(Node):
             raise NodeConfigError(f"profile {profile.name!r} has no 'policies' section")
         config = profile.policies.base
         self.prompt = config.prompt
+        # One multi-task policy: each stage may say what to do in its own words.
+        self._stage_prompts = {
+            stage.name: stage.prompt or config.prompt
+            for stage in (profile.reward.stages if profile.reward else ())
+        }
         cameras = [profile.cameras[view] for view in config.views]
         try:
             policy = make_base_policy(config)
@@ -81,6 +86,8 @@ class BasePolicyNode(Node):
         self._diag_pub = diagnostics_publisher(self)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
+        if len(set(self._stage_prompts.values())) > 1:
+            self.create_subscription(StageState, "stage/state", self._on_stage, 10)
         self.create_timer(1.0, self._publish_diagnostics)
         start_heartbeat(self)
         self.get_logger().info(
@@ -95,6 +102,16 @@ class BasePolicyNode(Node):
         self.chunks.reset()
         self.runner.reset()
         self.counters["resets"] += 1
+
+    def _on_stage(self, stage: StageState) -> None:
+        prompt = self._stage_prompts.get(stage.name, self.prompt)
+        if prompt == self.prompt:
+            return
+        # Chunks predicted for the last stage's instruction are not this stage's actions.
+        self.prompt = prompt
+        self.chunks.reset()
+        self.runner.reset()
+        self.get_logger().info(f"stage {stage.name}: prompt {prompt!r}")
 
     def _on_state(self, state: RobotState) -> None:
         tick, self.tick = self.tick, self.tick + 1

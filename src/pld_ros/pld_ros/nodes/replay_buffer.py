@@ -13,7 +13,8 @@ runs, stores it on disk crash-safely, and streams it to the trainer.
 - Once an episode with learning data is on disk, its ticks go out on ``buffer/episodes`` (also
   ``StepRecord``), in step order, with reward, terminated / truncated, outcome and run_id set
   (see the message): the trainer's stream. Episodes without learning data (aborted, or no
-  takeover) are only stored.
+  takeover) are only stored, and so are the episodes of stages the residual does not learn
+  (``supervisor.train_stages``: per-sub-task PLD; every stage's episodes are kept for distilling).
 - ``/diagnostics`` (``pld/replay_buffer``): episodes written and their offline / online split
   (:func:`~pld_ros.learning.episode_store.buffer_for`), episodes dropped and why, write time,
   queue length; a heartbeat; one log line per written episode.
@@ -107,7 +108,12 @@ class ReplayBufferNode(Node):
             "no_learning_data": 0,
             "write_failures": 0,
             "streamed_episodes": 0,
+            "other_stage": 0,
         }
+        self._train_stages = frozenset(profile.supervisor.train_stages)
+        self._other_stage: set[int] = set()
+        """Episodes of stages not trained: stored, not streamed (written by the callback thread
+        before the writer thread can see the episode)."""
         self._last_drop = ""
         self._last_write_s = float("nan")
         self._last_failure = ""
@@ -151,6 +157,8 @@ class ReplayBufferNode(Node):
     def _on_event(self, event: EpisodeEvent) -> None:
         if event.event != EpisodeEvent.ENDED or event.robot_id != self.profile.robot_id:
             return
+        if self._train_stages and event.stage not in self._train_stages:
+            self._other_stage.add(int(event.episode_id))
         ending = Ending(
             episode_id=int(event.episode_id),
             outcome=Outcome(event.outcome.value),
@@ -184,6 +192,10 @@ class ReplayBufferNode(Node):
                 continue
             self._last_write_s = time.perf_counter() - started
             buffer = buffer_for(episode)
+            if meta.episode_id in self._other_stage:
+                self._other_stage.discard(meta.episode_id)
+                buffer = None
+                self.counters["other_stage"] += 1
             self.counters["episodes_written"] += 1
             self.counters[buffer or "no_learning_data"] += 1
             self.get_logger().info(

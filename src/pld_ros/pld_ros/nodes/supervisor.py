@@ -5,8 +5,10 @@ gathers what arrived since the previous tick (the newest policy command, success
 action freshness, camera staleness), ticks the core, and carries out what it says: reset
 commands, episode events, the scene reset, status and stage state. Every ended episode goes to the
 run's episode log; when the run ends (its count reached, or the node shut down) the run directory
-gets ``summary.txt`` and ``outcomes.png``. A run that reaches its count exits the process with 0,
-which ends the graph as completed.
+gets ``summary.txt`` and ``outcomes.png``. A failure detector (a dropped part) reports on
+``stage/failure``; with one episode per stage (a long-horizon loop) the loop's statistics go to
+``loop/stats`` after every stage attempt, and to ``summary.txt`` and ``loop.png`` at the end. A
+run that reaches its count exits the process with 0, which ends the graph as completed.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from std_msgs.msg import Bool, Header
+from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
 
 from pld_msgs.action import RunEpisodes
@@ -36,6 +38,7 @@ from pld_msgs.msg import (
     DeltaPoseCommand,
     EpisodeEvent,
     EpisodeStatus,
+    LoopStats,
     RobotState,
     StageState,
     SuccessScores,
@@ -61,6 +64,7 @@ from pld_ros.core.episode_log import (
     PLOT_FILE,
     SUMMARY_FILE,
     EpisodeLog,
+    EpisodeRecord,
     format_summary,
     last_episode_id,
     plot_outcomes,
@@ -68,6 +72,7 @@ from pld_ros.core.episode_log import (
     summarize,
 )
 from pld_ros.core.frame_sync import NoSet
+from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
 from pld_ros.core.messages import pose_of
 from pld_ros.core.spatial import Pose
 from pld_ros.core.stage_machine import StageUpdate
@@ -87,6 +92,12 @@ HEARTBEAT_WINDOW = 2.0
 """s: a required node whose last heartbeat is older is not up (nodes beat at 2 Hz)."""
 DIAGNOSTICS_PERIOD = 1.0
 """s between two /diagnostics reports."""
+LOOP_PLOT_FILE = "loop.png"
+"""The loop's timeline plot in the run directory (stage episodes only)."""
+LATCHED_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+"""A dashboard that starts later still gets the latest loop statistics."""
 
 
 def _utc_stamp() -> str:
@@ -132,6 +143,7 @@ class SupervisorNode(Node):
         # What arrived since the previous tick.
         self._command: SeenCommand | None = None
         self._scores: tuple[float, ...] | None = None
+        self._failure = ""
         self._base_fresh_at: float | None = None
         # When each input of an episode was last seen (any base action, a hold included).
         self._seen: dict[str, float] = {}
@@ -140,6 +152,8 @@ class SupervisorNode(Node):
         self._last_status: Status | None = None
 
         self._log: EpisodeLog | None = None
+        self._records: list[EpisodeRecord] = []
+        """The current run's ended episodes, for the loop statistics."""
         self._summary_written = True
         self._exit_when_done = profile.supervisor.autostart
         self._goal: ServerGoalHandle | None = None
@@ -150,10 +164,12 @@ class SupervisorNode(Node):
         self.create_subscription(SuccessScores, "reward/scores", self._on_scores, 10)
         self.create_subscription(BaseAction, "policy/base/action", self._on_base_action, 10)
         self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 10)
+        self.create_subscription(String, "stage/failure", self._on_failure, 10)
         self._command_pub = self.create_publisher(DeltaPoseCommand, f"{arm}/command", 10)
         self._events_pub = self.create_publisher(EpisodeEvent, "episode/events", EVENTS_QOS)
         self._status_pub = self.create_publisher(EpisodeStatus, "episode/status", 10)
         self._stage_pub = self.create_publisher(StageState, "stage/state", 10)
+        self._loop_pub = self.create_publisher(LoopStats, "loop/stats", LATCHED_QOS)
         self._estop_pub = self.create_publisher(Bool, ESTOP_TOPIC, 10)
         self._diag_pub = diagnostics_publisher(self)
         self._scene_client: Client | None = (
@@ -213,6 +229,10 @@ class SupervisorNode(Node):
         self._scores = tuple(float(p) for p in msg.probabilities)
         self._seen["success scores"] = self._now()
 
+    def _on_failure(self, msg: String) -> None:
+        # Several reports within one tick fail the stage once, for the first cause.
+        self._failure = self._failure or msg.data or "failure detector"
+
     def _on_base_action(self, msg: BaseAction) -> None:
         now = self._now()
         self._seen["base actions"] = now
@@ -262,9 +282,11 @@ class SupervisorNode(Node):
             stale_cameras=self._stale_cameras(now),
             scene_reset_busy=scene_busy,
             not_ready=self._not_ready(now),
+            failure=self._failure,
         )
         self._command = None
         self._scores = None
+        self._failure = ""
         out = self.core.tick(tick)
 
         for message in out.messages:
@@ -278,6 +300,9 @@ class SupervisorNode(Node):
         for record in out.records:
             if self._log is not None:
                 self._log.append(record)
+            self._records.append(record)
+        if out.records and self.core.settings.stage_episodes:
+            self._loop_pub.publish(self._loop_message(state))
         self._last_status = out.status
         self._status_pub.publish(self._status_message(out.status, state))
         self._stage_pub.publish(self._stage_message(out.stage, state))
@@ -331,6 +356,7 @@ class SupervisorNode(Node):
             suffix += 1
             directory = directory.with_name(f"{name}-{suffix}")
         self._log = EpisodeLog(directory)
+        self._records = []
         self._summary_written = False
         self.core.start(request)
         self.get_logger().info(f"run log: {directory}")
@@ -350,12 +376,39 @@ class SupervisorNode(Node):
         self._summary_written = True
         records = self._log.read()
         table = format_summary(summarize(records))
+        loop = self.core.settings.stage_episodes
+        if loop:
+            table += "\n\n" + format_loop_summary(summarize_loop(records))
         (self._log.run_dir / SUMMARY_FILE).write_text(table + "\n")
         try:
             plot_outcomes(records, self._log.run_dir / PLOT_FILE)
+            if loop:
+                plot_loop(records, self._log.run_dir / LOOP_PLOT_FILE)
         except (OSError, ValueError) as exc:
             self.get_logger().error(f"cannot write the outcome plot: {exc}")
         self.get_logger().info(f"run summary ({self._log.run_dir}):\n{table}")
+
+    def _loop_message(self, state: RobotState) -> LoopStats:
+        summary = summarize_loop(self._records)
+        stages = summary.stages
+        message = LoopStats(
+            robot_id=self.profile.robot_id,
+            cycles=summary.cycles,
+            mean_cycle_time=summary.mean_cycle_s,
+            attempts=summary.attempts,
+            recoveries=summary.recoveries,
+            recovered=summary.recovered,
+            interventions=summary.interventions,
+            operating_time=summary.operating_s,
+            longest_unattended=summary.longest_unattended_s,
+            stages=list(stages),
+            stage_attempts=[stats.attempts for stats in stages.values()],
+            stage_successes=[stats.successes for stats in stages.values()],
+            stage_success_rate=[stats.success_rate for stats in stages.values()],
+            stage_mean_duration=[stats.mean_duration_s for stats in stages.values()],
+        )
+        message.header.stamp = state.header.stamp
+        return message
 
     def _on_goal(self, goal: RunEpisodes.Goal) -> GoalResponse:
         if self.core.running:
@@ -442,6 +495,7 @@ class SupervisorNode(Node):
             step=event.step,
             probe_steps=event.probe_steps,
             reason=event.reason,
+            stage=event.stage,
         )
         message.header.stamp = state.header.stamp if state is not None else self.get_clock().now().to_msg()
         message.phase.value = int(event.phase)
