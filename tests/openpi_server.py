@@ -1,9 +1,8 @@
-"""A local stand-in for an openpi policy server, speaking its websocket protocol (for tests and benches).
+"""A local stand-in for an openpi policy server (for tests and benches): the package's
+:class:`~pld_ros.policies.openpi_server.OpenpiServer` with a chunk generator as its policy.
 
 No VLA can run here: the "policy" is a chunk generator, with a configurable latency standing in
-for the model's inference time. The wire format is the one pld_ros.policies.openpi_client
-documents (and that module's pack / unpack are reused: the test of the encoding itself checks
-them against hand-built messages).
+for the model's inference time, and faults on demand (a dropped connection, a failed inference).
 """
 
 from __future__ import annotations
@@ -14,11 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from websockets.exceptions import ConnectionClosed
-from websockets.sync.server import Server, ServerConnection, serve
+from websockets.sync.server import ServerConnection
 
 from pld_ros.core.observation import ACTION_DIM
-from pld_ros.policies.openpi_client import pack, unpack
+from pld_ros.policies.openpi_server import OpenpiServer
 
 ChunkGenerator = Callable[[dict[str, Any], int], np.ndarray]
 """(request, number of the request since the server started, from 1) -> H x D actions."""
@@ -37,12 +35,12 @@ def ramp_chunk(horizon: int) -> ChunkGenerator:
     return generate
 
 
-class OpenpiTestServer:
+class OpenpiTestServer(OpenpiServer):
     """An openpi-protocol server on 127.0.0.1 in a thread of the test process.
 
     ``latency``: seconds each answer takes. ``drop_after``: answer that many requests, then drop
-    the connection instead of answering the next one (once). ``fail_after``: likewise, but answer
-    with an error text as openpi's server does when inference raises.
+    the connection instead of answering the next one (once). ``fail_after``: likewise, but fail
+    the inference, which the server answers with its error text as openpi's server does.
     """
 
     def __init__(
@@ -55,68 +53,38 @@ class OpenpiTestServer:
         drop_after: int | None = None,
         fail_after: int | None = None,
     ) -> None:
-        self.port = port
+        super().__init__(
+            self._infer, port=port, metadata=metadata if metadata is not None else {"policy": "test_ramp"}
+        )
         self.latency = latency
         self.chunks = chunks or ramp_chunk(10)
-        self.metadata = metadata if metadata is not None else {"policy": "test_ramp"}
         self.drop_after = drop_after
         self.fail_after = fail_after
         self.requests: list[dict[str, Any]] = []
-        self.connections = 0
-        self._lock = threading.Lock()
-        self._server: Server | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def running(self) -> bool:
-        return self._server is not None
+        self._faults = threading.Lock()
 
     def start(self) -> OpenpiTestServer:
-        """Listen (on the same port as before after a stop, so that clients find it again)."""
-        assert self._server is None, "already running"
-        server = serve(self._handle, "127.0.0.1", self.port, compression=None, max_size=None)
-        self.port = int(server.socket.getsockname()[1])
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, daemon=True)
-        self._thread.start()
+        super().start()
         return self
 
-    def stop(self) -> None:
-        """Close the listening socket and every connection, as a killed server would."""
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-        if self._thread is not None:
-            self._thread.join(timeout=5.0)
+    def respond(self, connection: ServerConnection, request: dict[str, Any]) -> bool:
+        with self._faults:
+            drop = self.drop_after is not None and len(self.requests) >= self.drop_after
+            if drop:
+                self.drop_after = None
+                self.requests.append(request)
+        if drop:
+            return False  # the server closes the connection without answering
+        return super().respond(connection, request)
 
-    def _handle(self, connection: ServerConnection) -> None:
-        with self._lock:
-            self.connections += 1
-        try:
-            connection.send(pack(self.metadata))
-            while True:
-                request = unpack(connection.recv(decode=False))
-                with self._lock:
-                    self.requests.append(request)
-                    number = len(self.requests)
-                    drop = self.drop_after is not None and number > self.drop_after
-                    fail = self.fail_after is not None and number > self.fail_after
-                    if drop:
-                        self.drop_after = None
-                    if fail:
-                        self.fail_after = None
-                if drop:
-                    return  # the server closes the connection without answering
-                if fail:
-                    connection.send("Traceback (most recent call last):\nRuntimeError: test failure")
-                    connection.close(code=1011, reason="internal error")
-                    return
-                time.sleep(self.latency)
-                actions = self.chunks(request, number)
-                connection.send(pack({"actions": actions, "server_timing": {"infer_ms": self.latency * 1e3}}))
-        except ConnectionClosed:
-            return
+    def _infer(self, request: dict[str, Any]) -> dict[str, Any]:
+        with self._faults:
+            self.requests.append(request)
+            number = len(self.requests)
+            fail = self.fail_after is not None and number > self.fail_after
+            if fail:
+                self.fail_after = None
+        if fail:
+            raise RuntimeError("test failure")
+        time.sleep(self.latency)
+        return {"actions": self.chunks(request, number), "server_timing": {"infer_ms": self.latency * 1e3}}

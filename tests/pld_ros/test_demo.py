@@ -17,12 +17,16 @@ import numpy as np
 import pytest
 import yaml
 
+from pld_msgs.msg import StageState
+from pld_msgs.srv import InjectFault
 from pld_ros.core.episode_log import EpisodeRecord, read_episodes
+from pld_ros.core.loop_stats import summarize_loop
 from pld_ros.core.observation import ACTION_DIM
 from pld_ros.learning.episode_store import EpisodeStore
 from tests.conftest import CONFIG_DIR
 from tests.openpi_server import OpenpiTestServer
 from tests.processes import Watched
+from tests.ros_probe import RosProbe
 
 PLD = (sys.executable, "-m", "pld_ros.cli")
 
@@ -150,3 +154,54 @@ def test_a_policy_server_that_dies_mid_episode_aborts_it_and_the_run_recovers(tm
     counted = [r for r in records if r.outcome != "aborted"]
     assert len(counted) == 3
     assert counted[-1].episode_id > int(aborted.group(1))
+
+
+def test_the_yam_loop_runs_its_stages_through_the_graph_and_recovers_a_dropped_card(tmp_path: Path) -> None:
+    """The simulated YAM graph: two i2rt sim arm drivers, the world (its scripted expert standing in
+    for the VLA over the openpi protocol, as no VLA can run here), the base policy sending each
+    stage's prompt, the privileged reward, the supervisor with one episode per stage. A drop is
+    injected while the card is carried to slot 3: the stage fails into the recovery, which puts the
+    card back home, and the loop goes on without a reset."""
+    overlay = {
+        "extends": str(CONFIG_DIR / "yam_gpu_insertion_sim.yaml"),
+        "policies": {"base": {"uri": "ws://127.0.0.1:8771"}},
+        "supervisor": {"run_directory": str(tmp_path / "runs")},
+        "buffer": {"directory": str(tmp_path / "episodes")},
+    }
+    profile = tmp_path / "yam_sim.yaml"
+    profile.write_text(yaml.safe_dump(overlay))
+    run = Watched([*PLD, "demo", str(profile), "--episodes", "7"])
+    stages: list[str] = []
+    try:
+        with RosProbe("yam_loop_probe") as probe:
+            probe.node.create_subscription(StageState, "/stage/state", lambda m: stages.append(m.name), 10)
+            inject: Any = probe.node.create_client(InjectFault, "/sim/inject_fault")
+            probe.spin_until(
+                lambda: "move_to_slot3" in stages, 150, f"the second stage:\n{run.output[-3000:]}"
+            )
+            # The card is lifted out of slot 1 and carried: drop it as soon as it is held.
+            answer = probe.call(inject, InjectFault.Request(fault="drop"))
+            while not answer.success and stages[-1] == "move_to_slot3":
+                probe.spin_for(0.05)
+                answer = probe.call(inject, InjectFault.Request(fault="drop"))
+            assert answer.success, answer.message
+        code = run.wait_exit(timeout=180)
+    finally:
+        run.kill()
+    assert code == 0, run.output[-4000:]
+    [run_dir] = (tmp_path / "runs").iterdir()
+    records = read_episodes(run_dir)
+    # A fault on a loaded machine (a stale camera) aborts an attempt and brings a full reset:
+    # the loop's routes are those of the attempts that count.
+    counted = [r for r in records if r.outcome != "aborted"]
+    outline = [(r.stage, r.outcome, r.reason) for r in records]
+    [dropped] = [i for i, r in enumerate(counted) if "injected drop" in r.reason]
+    assert (counted[dropped].stage, counted[dropped].outcome) == ("move_to_slot3", "failure"), outline
+    recovery, after = counted[dropped + 1], counted[dropped + 2]
+    assert (recovery.stage, recovery.outcome, recovery.recovering) == ("recover", "success", True), outline
+    assert recovery.continued and after.continued, "the loop went on without a reset"
+    assert after.stage == "insert_slot1", outline
+    summary = summarize_loop(records)
+    assert summary.recoveries >= 1 and summary.recovered >= 1
+    assert "cycles completed" in run.output, "pld demo prints the loop's statistics"
+    assert (run_dir / "loop.png").stat().st_size > 0

@@ -71,9 +71,27 @@ def test_an_external_simulator_is_connected_to_not_hosted() -> None:
 
 
 def test_two_arms_get_one_driver_each() -> None:
-    graph = build_graph(load_profile("yam_gpu_insertion", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
-    assert [n.name for n in graph.nodes] == ["health_monitor", "left_driver", "right_driver"]
+    graph = build_graph(load_profile("yam_gpu_insertion", config_dir=CONFIG_DIR), Path("/p.yaml"))
+    drivers = [n.name for n in graph.nodes if n.executable == "arm_driver"]
+    assert drivers == ["left_driver", "right_driver"]
     assert graph.node("right_driver").parameters["arm"] == "right"
+
+
+def test_simulated_yam_graph_hosts_the_world_and_runs_episodes_in_it() -> None:
+    sim = build_graph(load_profile("yam_gpu_insertion", sim=True, config_dir=CONFIG_DIR), Path("/p.yaml"))
+    episode_layer = ["base_policy", "residual_policy", "reward_classifier", "replay_buffer", "supervisor"]
+    assert [n.name for n in sim.nodes] == [
+        "health_monitor",
+        "sim_world",
+        "left_driver",
+        "right_driver",
+        *episode_layer,
+    ]
+    assert sim.node("sim_world").parameters == {"profile": "/p.yaml"}
+    expected = sim.node("health_monitor").parameters["expected"]
+    assert isinstance(expected, list) and "/sim_world" in expected
+    # Its cameras are rendered by the world: no camera node.
+    assert not [n for n in sim.nodes if n.executable == "camera"]
 
 
 def test_real_cameras_get_a_node_each_and_simulated_ones_none() -> None:

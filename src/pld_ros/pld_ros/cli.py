@@ -132,6 +132,8 @@ def demo(
         raise _fail(f"no episode ended in this run ({run_dir})", code or 1)
     plot = run_dir / PLOT_FILE
     typer.echo(summarize_run(run_dir, plot=plot))
+    if graph.profile.supervisor.episode_scope == "stage":
+        typer.echo(format_loop_summary(summarize_loop(read_episodes(run_dir))))
     typer.echo(f"episode log: {run_dir / EPISODES_FILE}\noutcome plot: {plot}")
     raise typer.Exit(code)
 

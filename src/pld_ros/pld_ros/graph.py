@@ -55,10 +55,6 @@ def _episode_layer(
     profile: Profile, profile_parameter: dict[str, ParameterValue], episodes: int | None
 ) -> list[NodeSpec]:
     """Policies, reward and supervisor: the nodes that run episodes (docs/policy_layer.md)."""
-    # The YAM world has no node yet (it comes with the GPU-insertion loop), so its simulated
-    # variant has no cameras to feed policies: it runs the arms alone until then.
-    if profile.simulation is not None and profile.simulation.world == "yam_gpu_insertion":
-        return []
     nodes = []
     if profile.policies is not None:
         nodes += [
@@ -101,11 +97,10 @@ def build_graph(profile: Profile, profile_path: Path, *, episodes: int | None = 
         NodeSpec(name=f"{arm}_driver", executable="arm_driver", parameters={**profile_parameter, "arm": arm})
         for arm in profile.arms
     ]
-    # Only franka_pick_cube has a world node yet; the YAM world is driven in-process (see
-    # pld_ros.sim.yam_gpu_insertion) until its node lands with the GPU-insertion loop.
+    # An external simulator runs outside the graph; every other world is hosted by sim_world.
     world = (
         [NodeSpec(name="sim_world", executable="sim_world", parameters=dict(profile_parameter))]
-        if profile.simulation is not None and profile.simulation.world == "franka_pick_cube"
+        if profile.simulation is not None and profile.simulation.world != "external"
         else []
     )
     # Simulated cameras are rendered and published by the world itself.

@@ -67,6 +67,7 @@ class Rig:
         self.node = node
         self.camera_on = True
         self.success: bool | None = None
+        self.stage_success: list[float] | None = None
         self.states: list[int] = []
         self.scores: list[SuccessScores] = []
         self.diagnostics: dict[str, str] = {}
@@ -75,6 +76,7 @@ class Rig:
         }
         self._state = node.create_publisher(RobotState, "arm/state", 10)
         self._success = node.create_publisher(Bool, "sim/success", 10)
+        self._stage_success = node.create_publisher(SuccessScores, "sim/stage_success", 10)
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(SuccessScores, "reward/scores", self.scores.append, deep)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
@@ -93,6 +95,8 @@ class Rig:
                 publisher.publish(image_message(np.full((SIZE, SIZE, 3), value, np.uint8), stamp, view))
         if self.success is not None:
             self._success.publish(Bool(data=self.success))
+        if self.stage_success is not None:
+            self._stage_success.publish(SuccessScores(probabilities=self.stage_success, privileged=True))
         state = RobotState(mode=RobotState.MODE_MOVING)
         state.header.stamp = stamp
         self._state.publish(state)
@@ -140,6 +144,37 @@ def test_privileged_scores_follow_the_simulator_once_per_tick(rig: Rig, tmp_path
         assert len(set(stamps)) == len(stamps) and set(stamps) <= set(rig.states)
         first = rig.states.index(stamps[0])
         assert len(stamps) >= len(rig.states[first:]) - 3  # at most a few in flight
+    finally:
+        stop(node)
+
+
+def test_privileged_scores_take_a_multi_stage_worlds_values_head_by_head(rig: Rig, tmp_path: Path) -> None:
+    probe: RosProbe = rig.probe  # type: ignore[attr-defined]
+    profile = tmp_path / "reward_test.yaml"
+    profile.write_text(PROFILE.format(driver="sim", backend="privileged", path="null") + SIM)
+    node = start_node(profile)
+    try:
+        node.wait_for("reward classifier", 30.0)
+        rig.success = True
+        probe.spin_until(lambda: bool(rig.scores), 10.0, f"scores\n{node.output}")
+        # The world's score per head wins over the single-stage signal, extra heads are ignored.
+        rig.stage_success = [0.0, 1.0, 1.0]
+        probe.spin_until(lambda: list(rig.scores[-1].probabilities) == [0.0, 1.0], 5.0, "per-head scores")
+        rig.stage_success = [1.0, 0.0]
+        probe.spin_until(lambda: list(rig.scores[-1].probabilities) == [1.0, 0.0], 5.0, "new per-head scores")
+        assert all(s.privileged for s in rig.scores)
+        # Fewer values than the stages' heads: no scores rather than made-up ones.
+        rig.stage_success = [1.0]
+        probe.spin_for(0.3)
+        mark = len(rig.scores)
+        probe.spin_for(0.5)
+        assert len(rig.scores) == mark, "scores from a world with too few heads"
+        probe.spin_until(
+            lambda: int(rig.diagnostics.get("short_stage_success_ticks", "0")) >= 5, 3.0, "the ticks counted"
+        )
+        assert (
+            "sim/stage_success has 1 value(s), the stages need 2" in node.wait_for("the stages need").string
+        )
     finally:
         stop(node)
 

@@ -7,32 +7,10 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pytest
-
 from pld_ros.core.episode_log import read_episodes
 from pld_ros.core.loop_stats import DETECTOR, TIMEOUT, summarize_loop
-from pld_ros.profile import Stage, load_profile
-from pld_ros.sim.yam_loop import LoopFaults, PartDropDetector, expert_stage, run_yam_loop
-
-
-def test_the_drop_detector_tells_a_drop_from_a_release() -> None:
-    detector = PartDropDetector()
-    assert detector.update(False, 0.0) == "" and detector.update(True, 1.0) == ""
-    assert detector.update(True, 1.0) == ""
-    assert detector.update(False, 1.0) == "part dropped", "lost from closed fingers"
-    assert detector.update(False, 1.0) == "", "once per drop"
-    detector.update(True, 1.0)
-    detector.update(True, 0.6)  # opening: the card is still between the fingers for a tick
-    assert detector.update(False, 0.0) == "", "a release"
-
-
-def test_stages_run_the_behaviour_of_their_head() -> None:
-    profile = load_profile("yam_gpu_insertion", sim=True)
-    assert profile.reward is not None
-    behaviours = {stage.name: expert_stage(stage) for stage in profile.reward.stages}
-    assert behaviours["recover"] == "unplug_return" and behaviours["press_slot3"] == "press_slot3"
-    with pytest.raises(ValueError, match="head 7"):
-        expert_stage(Stage(name="polish", head=7))
+from pld_ros.profile import load_profile
+from pld_ros.sim.yam_loop import LoopFaults, run_yam_loop
 
 
 def test_drops_and_stalls_are_recovered_without_help(tmp_path: Path) -> None:

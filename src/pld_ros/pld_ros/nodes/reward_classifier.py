@@ -14,9 +14,12 @@ Backends (``reward.backend``):
   :class:`~pld_ros.models.success_classifier.SuccessClassifier` with its config in the metadata
   (``save_classifier``). A state dict rather than TorchScript: it cannot run code when loaded and
   it is what the trainer writes anyway.
-- ``privileged`` (simulation): the simulator's ``sim/success`` (std_msgs/Bool) stands in for the
-  classifier: 1.0 or 0.0 on every head, ``privileged`` true. Until the first ``sim/success``
-  arrives nothing is published.
+- ``privileged`` (simulation): the simulator's ground truth stands in for the classifier,
+  ``privileged`` true. A multi-stage world publishes ``sim/stage_success`` (SuccessScores, one
+  value per head): its values are used, head by head; a single-stage world publishes
+  ``sim/success`` (std_msgs/Bool): 1.0 or 0.0 on every head. Once a ``sim/stage_success`` has
+  arrived it is the one used. Until the first of them arrives nothing is published, nor while the
+  world's scores have fewer values than the stages' heads (counted and reported).
 
 The model must have at least 1 + the largest ``head`` of the profile's stages outputs; this is
 checked at start with one inference on a blank input (which also warms the model up).
@@ -116,10 +119,17 @@ class RewardClassifierNode(Node):
         reward = profile.reward
         self.backend = reward.backend
         self.num_heads = 1 + max(stage.head for stage in reward.stages)
-        self.counters = {"ticks": 0, "published": 0, "stale_camera_ticks": 0, "no_success_ticks": 0}
+        self.counters = {
+            "ticks": 0,
+            "published": 0,
+            "stale_camera_ticks": 0,
+            "no_success_ticks": 0,
+            "short_stage_success_ticks": 0,
+        }
         self._last_stale = ""
         self._inference: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._success: bool | None = None
+        self._stage_success: list[float] | None = None
         self._classify: Classifier | None = None
         self._scores_pub = self.create_publisher(SuccessScores, "reward/scores", 10)
         self._diag_pub = diagnostics_publisher(self)
@@ -127,6 +137,7 @@ class RewardClassifierNode(Node):
         if reward.backend == "privileged":
             self.device = "simulator"
             self.create_subscription(Bool, "sim/success", self._on_success, 10)
+            self.create_subscription(SuccessScores, "sim/stage_success", self._on_stage_success, 10)
         else:
             assert reward.path is not None  # the profile requires it for these backends
             cameras = [profile.cameras[view] for view in reward.views]
@@ -164,6 +175,9 @@ class RewardClassifierNode(Node):
     def _on_success(self, message: Bool) -> None:
         self._success = bool(message.data)
 
+    def _on_stage_success(self, message: SuccessScores) -> None:
+        self._stage_success = [float(p) for p in message.probabilities]
+
     def _on_state(self, state: RobotState) -> None:
         self.counters["ticks"] += 1
         if self._classify is None:
@@ -186,10 +200,21 @@ class RewardClassifierNode(Node):
         self._publish(to_time(views.stamp), probabilities, elapsed, privileged=False)
 
     def _privileged(self, state: RobotState) -> None:
-        if self._success is None:
+        if self._stage_success is not None:
+            if len(self._stage_success) < self.num_heads:
+                self.counters["short_stage_success_ticks"] += 1
+                self.get_logger().error(
+                    f"sim/stage_success has {len(self._stage_success)} value(s), the stages need "
+                    f"{self.num_heads}: no scores",
+                    throttle_duration_sec=5.0,
+                )
+                return
+            probabilities = np.asarray(self._stage_success[: self.num_heads], np.float32)
+        elif self._success is not None:
+            probabilities = np.full(self.num_heads, 1.0 if self._success else 0.0, np.float32)
+        else:
             self.counters["no_success_ticks"] += 1
             return
-        probabilities = np.full(self.num_heads, 1.0 if self._success else 0.0, np.float32)
         self._publish(state.header.stamp, probabilities, 0.0, privileged=True)
 
     def _publish(self, stamp: Time, probabilities: np.ndarray, elapsed: float, privileged: bool) -> None:
@@ -204,8 +229,10 @@ class RewardClassifierNode(Node):
         times = np.array(self._inference) if self._inference else np.array([math.nan])
         if self._last_stale:
             level, message = DiagnosticStatus.WARN, f"no scores: {self._last_stale}"
-        elif self._classify is None and self._success is None:
-            level, message = DiagnosticStatus.WARN, "no sim/success yet"
+        elif self._classify is None and self._success is None and self._stage_success is None:
+            level, message = DiagnosticStatus.WARN, "no sim/success or sim/stage_success yet"
+        elif self._stage_success is not None and len(self._stage_success) < self.num_heads:
+            level, message = DiagnosticStatus.ERROR, "sim/stage_success has fewer values than heads"
         else:
             level, message = DiagnosticStatus.OK, "scoring"
         values = {

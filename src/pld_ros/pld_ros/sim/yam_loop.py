@@ -46,9 +46,10 @@ from pld_ros.core.episode import (
 from pld_ros.core.episode_log import EpisodeLog, EpisodeRecord
 from pld_ros.core.safety import DeltaCommand, SafetyFilter
 from pld_ros.drivers.i2rt_arm import I2rtArmBackend
-from pld_ros.profile import I2rtArm, Profile, Stage
+from pld_ros.profile import I2rtArm, Profile
 from pld_ros.sim.yam_gpu_insertion import READY_JOINTS, STAGES, YamGpuInsertionWorld
 from pld_ros.sim.yam_gpu_insertion_expert import YamGpuInsertionExpert
+from pld_ros.sim.yam_gpu_insertion_session import PartDropDetector, expert_stage
 
 T0 = 1.7e9
 """Unix time the simulated clock starts at, for the episode log's wall-clock stamps."""
@@ -74,33 +75,6 @@ class LoopReport:
     ticks: int = 0
     compute_s: float = 0.0
     """Wall time the simulated operation took to compute, s."""
-
-
-def expert_stage(stage: Stage) -> str:
-    """The world behaviour that achieves a profile stage: the world stage its classifier head
-    scores (``recover`` reads the head of unplug_return, so it puts the card back home)."""
-    if stage.head >= len(STAGES):
-        raise ValueError(f"stage {stage.name!r}: head {stage.head} is not a yam_gpu_insertion signal")
-    return STAGES[stage.head]
-
-
-class PartDropDetector:
-    """Fires when the card leaves fingers that were not told to open: a drop (or a tear out of
-    the fingers), not a release. Privileged: it knows whether the world has the card attached."""
-
-    def __init__(self, open_margin: float = 0.05) -> None:
-        """``open_margin``: a commanded closure this much below the one that held the card is an
-        opening (a release), whatever happens to the card then."""
-        self._open_margin = open_margin
-        self._held = False
-        self._grip = 0.0
-
-    def update(self, attached: bool, commanded_gripper: float) -> str:
-        """Once per tick, after the world moved; "" or the reason, once per drop."""
-        dropped = self._held and not attached and commanded_gripper >= self._grip - self._open_margin
-        self._grip = max(self._grip, commanded_gripper) if self._held and attached else commanded_gripper
-        self._held = attached
-        return "part dropped" if dropped else ""
 
 
 def run_yam_loop(
