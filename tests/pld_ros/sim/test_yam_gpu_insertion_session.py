@@ -190,7 +190,7 @@ def test_a_card_torn_from_the_closed_fingers_is_reported_and_a_release_is_not(ri
 def test_faults_are_injected_by_name_and_reported(rig: Rig) -> None:
     session = rig.session
     assert session.inject("drop") == (False, "nothing to drop: the card is not held")
-    assert session.inject("shake") == (False, "unknown fault 'shake'; known: drop, knock")
+    assert session.inject("shake") == (False, "unknown fault 'shake'; known: drop, knock, stall")
     rig.run("insert_slot1", execute=1)
     injected, message = session.inject("drop")
     assert injected and message.startswith("injected drop: the card fell from the fingers, now in slot 1")
@@ -261,3 +261,18 @@ def test_stages_run_the_behaviour_of_their_head() -> None:
     assert behaviours["recover"] == "unplug_return" and behaviours["press_slot3"] == "press_slot3"
     with pytest.raises(ValueError, match="head 7"):
         expert_stage(Stage(name="polish", head=7))
+
+
+def test_a_stalled_policy_holds_still_until_it_is_asked_for_another_stage(rig: Rig) -> None:
+    session = rig.session
+    assert session.inject("stall") == (False, "nothing to stall: the policy has not been asked yet")
+    insert, move = rig.request(rig.prompt("insert_slot1")), rig.request(rig.prompt("move_to_slot3"))
+    moving = session.answer(insert, KEYS)[KEYS.actions]
+    assert np.abs(moving[0, :3]).max() > 1e-3, "the expert moves toward the card"
+    injected, message = session.inject("stall")
+    assert injected and message.endswith(repr(rig.prompt("insert_slot1")))
+    for _ in range(3):
+        held = session.answer(insert, KEYS)[KEYS.actions]
+        assert not np.any(held[:, :6]), "a hold for the stalled stage"
+    assert np.abs(session.answer(move, KEYS)[KEYS.actions][0, :3]).max() > 1e-3, "another stage is served"
+    assert np.abs(session.answer(insert, KEYS)[KEYS.actions][0, :3]).max() > 1e-3, "and the stall is over"

@@ -44,9 +44,11 @@ from pld_ros.profile import OpenpiKeys, Stage
 from pld_ros.sim.yam_gpu_insertion import STAGES, StageSignals, YamGpuInsertionWorld
 from pld_ros.sim.yam_gpu_insertion_expert import YamGpuInsertionExpert
 
-FAULTS = ("drop", "knock")
+FAULTS = ("drop", "knock", "stall")
 """Faults :meth:`YamGpuInsertionSession.inject` knows: the fingers lose the held card; the card is
-knocked over (out of the fingers or its slot, moved up to 10 cm, onto its side)."""
+knocked over (out of the fingers or its slot, moved up to 10 cm, onto its side); the stand-in
+policy holds still for the rest of the stage it is working on (its prompt), so the stage times
+out."""
 GRIPPER_TOLERANCE = 0.01
 """Closure difference between a chunk row's gripper command and the closure it starts from below
 which the row does not move the fingers (so later rows can still be predicted)."""
@@ -153,6 +155,10 @@ class YamGpuInsertionSession:
         self._detector = PartDropDetector()
         self._closure = 0.0
         self._answer_seconds: deque[float] = deque(maxlen=TIMING_WINDOW)
+        self._prompt: str | None = None
+        """The prompt of the latest request: the stage the policy works on."""
+        self._stalled: str | None = None
+        """The prompt the policy holds still for (an injected stall), until another one comes."""
 
     # ---- the world ---------------------------------------------------------------------------
 
@@ -192,6 +198,11 @@ class YamGpuInsertionSession:
             elif fault == "knock":
                 world.knock_part()
                 message = f"injected knock: the card was knocked over, now {_where(world)}"
+            elif fault == "stall":
+                if self._prompt is None:
+                    return False, "nothing to stall: the policy has not been asked yet"
+                self._stalled = self._prompt
+                return True, f"injected stall: the policy holds still while asked {self._prompt!r}"
             else:
                 return False, f"unknown fault {fault!r}; known: {', '.join(FAULTS)}"
             self._changed()
@@ -227,6 +238,12 @@ class YamGpuInsertionSession:
             raise UnknownPromptError(f"unknown prompt {prompt!r}: the profile's stages answer to {known}")
         rows = np.empty((self.horizon, ACTION_DIM), dtype=np.float32)
         with self._lock:
+            self._prompt = prompt
+            if self._stalled is not None and self._stalled != prompt:
+                self._stalled = None  # the stage ended (timed out): the next one is served again
+            if self._stalled == prompt:
+                rows[:] = hold_action(gripper_closure)
+                return rows
             predictable = True
             closure = gripper_closure
             for row in range(self.horizon):
