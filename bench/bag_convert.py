@@ -6,10 +6,12 @@ into :func:`pld_ros.data.convert.convert`, what ``pld dataset convert`` runs).
 The bags are written first (not timed into the conversion) as the recorder writes them, one per
 episode, zstd chunks (:mod:`tests.pld_ros.data.synthetic_bags`), with camera-like images (a textured
 background, moving objects, sensor noise; :func:`bench.dataset_convert.camera_images`) as the cameras'
-``policy_view``. Reports frames per second (a frame is one control tick: two camera images, state
+``policy_view``. Reports the time :class:`~pld_ros.data.bags.BagReader` takes to open (index) the
+bags, as closed (from their MCAP summary) and as a killed recorder leaves them (copies cut where the
+summary starts: scanned); frames per second (a frame is one control tick: two camera images, state
 and actions) and per CPU-second of this process (all threads), first for reading the bags alone
-(decompressing, deserializing, aligning: the episodes are built and dropped), then for each format
-end to end; and the bags' and datasets' bytes per frame.
+(opening, decompressing, deserializing, aligning: the episodes are built and dropped), as closed and
+as cut, then for each format end to end; and the bags' and datasets' bytes per frame.
 
     scripts/in_env.sh python -m bench.bag_convert --episodes 3
 
@@ -31,10 +33,11 @@ import numpy.typing as npt
 
 from bench.dataset_convert import camera_images, directory_size
 from pld_ros.data.bag_episodes import BagEpisodes
-from pld_ros.data.bags import BagWarning
+from pld_ros.data.bags import BagReader, BagWarning
 from pld_ros.data.convert import convert
 from pld_ros.data.sft_episode import SftEpisode
 from tests.pld_ros.data.synthetic_bags import FRAME_NS, TICK_NS, Run, record
+from tests.pld_ros.data.test_bags import summary_start
 
 FPS = 20
 
@@ -42,6 +45,34 @@ FPS = 20
 def episodes(bags: list[Path]) -> Iterator[SftEpisode]:
     for bag in bags:
         yield from BagEpisodes(bag, fps=FPS)
+
+
+def without_summary(bag: Path, out: Path) -> Path:
+    """A copy of ``bag`` as a killed recorder leaves it: the MCAP file up to its summary section,
+    no ``metadata.yaml``."""
+    out.mkdir(parents=True)
+    (mcap,) = bag.glob("*.mcap")
+    data = mcap.read_bytes()
+    (out / mcap.name).write_bytes(data[: summary_start(data)])
+    return out
+
+
+def reading(bags: list[Path]) -> tuple[int, float, float]:
+    """Frames read from ``bags`` (the episodes built and dropped), wall seconds, CPU seconds."""
+    cpu, started = time.process_time(), time.perf_counter()
+    frames = sum(len(episode) for episode in episodes(bags))
+    return frames, time.perf_counter() - started, time.process_time() - cpu
+
+
+def opening_seconds(bags: list[Path]) -> float:
+    """Seconds to open every bag with :class:`BagReader` (its index pass), median of three rounds."""
+    rounds = []
+    for _ in range(3):
+        started = time.perf_counter()
+        for bag in bags:
+            BagReader(bag)
+        rounds.append(time.perf_counter() - started)
+    return sorted(rounds)[1]
 
 
 def main() -> None:
@@ -84,15 +115,30 @@ def main() -> None:
             f"{args.width}x{args.height} 30 Hz: {bag_bytes / frames_total / 1e3:.0f} kB per tick in the bags "
             f"(images made in {made:.1f} s, bags written in {written:.1f} s)"
         )
+        cut = [without_summary(bag, work / "cut" / bag.name) for bag in bags]
         with warnings.catch_warnings():
             warnings.simplefilter("error", BagWarning)  # the bags are whole: any warning is a bug
-            cpu, started = time.process_time(), time.perf_counter()
-            frames = sum(len(episode) for episode in episodes(bags))
-            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+            closed = opening_seconds(bags)
+            closed_reading = reading(bags)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BagWarning)  # the cut copies warn that they are cut
+            scanned = opening_seconds(cut)
+            scanned_reading = reading(cut)
+        print(
+            f"opening the bags (BagReader's index): {closed:.3f} s as closed, {scanned:.3f} s without "
+            f"their summary (a killed recorder's); {frames_total / closed:.0f} and "
+            f"{frames_total / scanned:.0f} ticks/s"
+        )
+        for what, (frames, seconds, cpu) in (
+            ("reading the bags", closed_reading),
+            ("reading them without their summary (scanned)", scanned_reading),
+        ):
             print(
-                f"reading the bags: {frames} frames in {seconds:.1f} s = {frames / seconds:.1f} frames/s "
+                f"{what}: {frames} frames in {seconds:.1f} s = {frames / seconds:.1f} frames/s "
                 f"({frames / cpu:.1f} frames per CPU-second)"
             )
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", BagWarning)
             for format in args.formats:
                 out = work / ("dataset" if format == "lerobot" else "dataset.hdf5")
                 cpu = time.process_time()

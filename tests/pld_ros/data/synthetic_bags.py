@@ -11,7 +11,10 @@ apart (``n`` counts the recording's ticks): the state ``n`` is :func:`state_of` 
 it (default: :func:`tests.pld_ros.data.synthetic.frames` pattern ``j``, which lossy video keeps).
 
 Episode bags hold what the recorder keeps of an episode: every message received from the STARTED
-event to :data:`~pld_ros.data.recording.END_GRACE` after the ENDED event; a session bag holds all.
+event to :data:`~pld_ros.data.recording.END_GRACE` after the ENDED event (:func:`record` leaves out
+the recorder's pre-roll; :func:`graph_output` is what a real recorder is given); a session bag holds
+all. Their metadata records the control rate, :data:`CONTROL_RATE`, unless told otherwise (a bag of
+an older recorder).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ RAW_SIZE = (72, 96)
 """(height, width) of every camera's image_raw, when recorded."""
 T0 = 1_750_000_000_000_000_000
 TICK_NS = 50_000_000
+CONTROL_RATE = 1e9 / TICK_NS
 FRAME_NS = 33_333_333
 CAMERA_PHASE_NS = {"wrist": 0, "side": 11_000_000}
 RESET_TICKS = 3
@@ -68,6 +72,9 @@ class Run:
     probe_steps: int = 4
     human_from: int | None = None
     """Step from which a human's steps are executed (source HUMAN)."""
+    command_started_tick: bool = False
+    """The residual node commands the STARTED tick too (the tick's base action reached it after the
+    event): the first frame is the tick whose state and camera frames came before the event."""
 
 
 def camera_topic(camera: str, view: str = "policy_view") -> str:
@@ -203,6 +210,7 @@ def _event(kind: EventKind, run: Run, n: int, step: int, phase: Phase, outcome: 
         step=step,
         probe_steps=run.probe_steps,
         reason=outcome.name.lower() if outcome is not Outcome.NONE else "",
+        stage="",
     )
     return serialize(EVENT_TYPE, event)
 
@@ -266,17 +274,19 @@ def graph_output(
         # after the base action of the STARTED tick has gone by).
         started = tick_stamp(n) + 2 * MS
         messages.append((EVENTS, started, _event(EventKind.STARTED, run, n, 0, Phase.PROBING, Outcome.NONE)))
-        tick(run.episode_id, None)
+        if not run.command_started_tick:
+            tick(run.episode_id, None)
+            n += 1
         ticks[run.episode_id] = []
         for step in range(run.ticks):
-            n += 1
             source, action = command_of(run, step, n)
             tick(run.episode_id, (step, source, action))
             ticks[run.episode_id].append(n)
             if step == run.probe_steps and run.mode is RunMode.PROBE_TAKEOVER:
                 changed = _event(EventKind.PHASE_CHANGED, run, n, step, Phase.TAKEOVER, Outcome.NONE)
                 messages.append((EVENTS, tick_stamp(n) + 6 * MS, changed))
-        n += 1  # the tick at which the supervisor sees the end
+            n += 1
+        # n: the tick at which the supervisor sees the end
         tick(run.episode_id, None)
         ended = tick_stamp(n) + 2 * MS
         messages.append((EVENTS, ended, _event(EventKind.ENDED, run, n, run.ticks, Phase.DONE, run.outcome)))
@@ -338,11 +348,13 @@ def record(
     image: Image = pattern,
     sizes: Mapping[str, tuple[int, int]] = CAMERAS,
     image_raw: bool = False,
+    control_rate: float | None = CONTROL_RATE,
 ) -> tuple[list[Path], Recording]:
     """The bags the recorder leaves in ``directory`` after ``runs``; what the graph published
-    (cameras: :func:`graph_output`)."""
+    (cameras: :func:`graph_output`). ``control_rate``: recorded in the metadata (None: a bag of a
+    recorder that did not record it)."""
     recording = graph_output(runs, image=image, sizes=sizes, image_raw=image_raw)
-    identity = EpisodeMetadata(robot_id=ROBOT, profile=PROFILE, prompt=prompt)
+    identity = EpisodeMetadata(robot_id=ROBOT, profile=PROFILE, prompt=prompt, control_rate=control_rate)
     last = recording.messages[-1][1]
     if split == "session":
         path = directory / f"{ROBOT}-session"

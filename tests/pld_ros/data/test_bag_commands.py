@@ -32,6 +32,7 @@ def test_info_prints_the_table(tmp_path: Path) -> None:
     out = result.output
     assert "status:   complete" in out and "episode:  7, probe_takeover, k=4, success" in out
     assert "prompt:   pick up the cube" in out and "policies: base onnx:pick.onnx, residual 3" in out
+    assert "robot:    rig (profile pick, control rate 20 Hz)" in out
     assert "phases:   probing@0 (+0.00 s), takeover@4 (+0.20 s)" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  /")}
     assert rows["/robot/cameras/wrist/image_raw"] == ["sensor_msgs/msg/Image", "60", "30.0", "Hz"]

@@ -1,6 +1,8 @@
 """Bags to SFT episodes (real bags, written as the recorder writes them with real CDR; no ROS): one
-frame per commanded tick with the state, base action and camera frames of that tick; episode windows
-from the events; session bags; bags without events, topics or prompt; cut and damaged bags."""
+frame per commanded tick with the state, base action and camera frames of that tick; the control
+rate from the bag's metadata (or given, or assumed for old bags); episode windows from the events;
+session bags; bags without events, topics or prompt; cut and damaged bags; an episode recorded by
+the recorder's core (its pre-roll) whose first frame is the STARTED tick."""
 
 from __future__ import annotations
 
@@ -14,24 +16,29 @@ import numpy as np
 import pytest
 
 from pld_ros.core.episode import Outcome, RunMode, Source
-from pld_ros.data.bag_episodes import BagEpisodes, episode_from_bag, episodes_from_bag
-from pld_ros.data.bags import BagWarning
+from pld_ros.data.bag_episodes import DEFAULT_FPS, BagEpisodes, episode_from_bag, episodes_from_bag
+from pld_ros.data.bags import BagWarning, EpisodeMetadata
+from pld_ros.data.recording import IMAGE_TYPE, BagRecorder, RecordedTopic
 from pld_ros.data.sft_episode import Origin, SftEpisode
 from tests.pld_ros.data.synthetic_bags import (
     CAMERAS,
     COMMAND,
+    CONTROL_RATE,
     EVENTS,
     MS,
     PROFILE,
     PROMPT,
     RAW_SIZE,
     ROBOT,
+    T0,
+    TOPICS,
     Recording,
     Run,
     base_of,
     camera_topic,
     command_of,
     frame_stamp,
+    graph_output,
     newest_frame,
     pattern,
     record,
@@ -40,6 +47,7 @@ from tests.pld_ros.data.synthetic_bags import (
 )
 from tests.pld_ros.data.test_bags import chunk_records
 from tests.pld_ros.data.test_lerobot_dataset import assert_frames_match
+from tests.pld_ros.data.test_recording import Clock, Log
 
 SESSION = (
     Run(1, ticks=10, probe_steps=3),
@@ -128,12 +136,37 @@ def test_a_session_bag_gives_each_episode_between_its_events(tmp_path: Path) -> 
 def test_image_raw_fps_and_prompt_are_choices(tmp_path: Path) -> None:
     run = Run(4, ticks=6)
     (bag,), recording = record(tmp_path, [run], image_raw=True)
-    mismatch = r"ticks came every 5\d\.\d ms on the bag's clock, fps 10 means 100\.0 ms"
-    with pytest.warns(BagWarning, match=mismatch):
+    with pytest.warns(BagWarning) as caught:
         episode = episode_from_bag(bag, fps=10, view="image_raw", prompt=PROMPT)
+    notes = [str(w.message) for w in caught]
+    assert notes[0].endswith("fps 10 given; the bag's metadata records a control rate of 20 Hz")
+    mismatch = r"ticks came every 5\d\.\d ms on the bag's clock, fps 10 means 100\.0 ms"
+    assert len(notes) == 2 and re.search(mismatch, notes[1])
     assert_episode(episode, run, recording, fps=10, sizes=dict.fromkeys(CAMERAS, RAW_SIZE))
     other = episode_from_bag(bag, prompt="stack the cubes", cameras=["side"])
     assert other.task == "stack the cubes" and list(other.cameras) == ["side"]
+
+
+def test_the_rate_comes_from_the_metadata_and_old_bags_are_assumed_at_20_hz(tmp_path: Path) -> None:
+    run = Run(8, ticks=6)
+    (bag,), recording = record(tmp_path / "now", [run])
+    reader = BagEpisodes(bag)
+    assert (reader.fps, reader.fps_source) == (CONTROL_RATE, "metadata")
+    assert_episode(episode_from_bag(bag), run, recording)
+    # A bag whose metadata says 10 Hz: its frames are 0.1 s apart (and its 50 ms ticks reported).
+    (slow,), _ = record(tmp_path / "slow", [run], control_rate=10.0)
+    with pytest.warns(BagWarning, match="fps 10 means 100.0 ms"):
+        episode = episode_from_bag(slow)
+    assert_episode(episode, run, recording, fps=10.0)
+    (old,), _ = record(tmp_path / "old", [run], control_rate=None)  # an older recorder's bag
+    with pytest.warns(BagWarning, match="does not record the control rate .*: 20 Hz assumed") as caught:
+        reader = BagEpisodes(old)
+    assert (reader.fps, reader.fps_source, len(caught)) == (DEFAULT_FPS, "default", 1)
+    (episode,) = list(reader)
+    assert_episode(episode, run, recording)
+    assert "20 Hz assumed" in episode.info.extra["problems"]  # the dataset keeps the note
+    given = BagEpisodes(old, fps=20)  # given: nothing assumed, nothing to report
+    assert (given.fps, given.fps_source, given.problems) == (20.0, "given", [])
 
 
 def test_a_bag_without_events_is_read_whole_and_says_so(tmp_path: Path) -> None:
@@ -226,3 +259,57 @@ def test_a_stale_camera_frame_leaves_its_tick_out(tmp_path: Path) -> None:
         assert_episode(episode, run, recording, [int(step) for step in steps])
     with pytest.raises(RuntimeError, match="read already"):
         list(reader)
+
+
+def recorded_by_the_recorder(directory: Path, runs: Sequence[Run], preroll_age: float) -> list[Path]:
+    """The bags the recorder's core (:class:`BagRecorder`, its writer thread) leaves for what the graph
+    published during ``runs``, given as it arrived, with the recorder's clock following it."""
+    recording = graph_output(runs)
+    identity = EpisodeMetadata(robot_id=ROBOT, profile=PROFILE, prompt=PROMPT, control_rate=CONTROL_RATE)
+    clock = Clock()
+    recorder = BagRecorder(
+        directory,
+        identity,
+        Log(),
+        events_topic=EVENTS,
+        preroll_age=preroll_age,
+        not_before_ns=T0,
+        clock=clock,
+    )
+    for topic, msgtype in {**TOPICS, **{camera_topic(c): IMAGE_TYPE for c in CAMERAS}}.items():
+        recorder.add_topic(RecordedTopic(topic, msgtype))
+    recorder.start()
+    for topic, stamp, data in recording.messages:
+        clock.now = stamp
+        recorder.put(topic, stamp, data)
+    assert recorder.stop()
+    return sorted(directory.iterdir())
+
+
+def test_an_episode_recorded_from_its_started_tick_has_that_tick_s_images(tmp_path: Path) -> None:
+    """The STARTED tick is commanded (its base action reached the residual node after the event), but
+    its camera frames (and the second episode's state) were received before the event: the recorder's
+    pre-roll puts them into the bag, so the first frame is whole."""
+    runs = [Run(1, ticks=11, command_started_tick=True), Run(2, ticks=9, command_started_tick=True)]
+    recording = graph_output(runs)
+    for run in runs:
+        started, first = recording.spans[run.episode_id][0], recording.ticks[run.episode_id][0]
+        for camera in CAMERAS:  # received 4 ms after capture: before the STARTED event
+            assert frame_stamp(camera, newest_frame(camera, tick_stamp(first))) + 4 * MS < started
+    assert tick_stamp(recording.ticks[2][0]) + 1 * MS < recording.spans[2][0]  # episode 2's first state
+    bags = recorded_by_the_recorder(tmp_path / "preroll", runs, preroll_age=1.0)
+    for bag, run in zip(bags, runs, strict=True):
+        episode = episode_from_bag(bag)  # no warning: nothing is missing
+        assert_episode(episode, run, recording)  # every tick, from step 0, with its own images
+        assert episode.info.extra["steps"] == f"0-{run.ticks - 1}"
+    # Without the pre-roll (a message of any age is too old) the first tick is lost: episode 1's for
+    # its camera frames (its state was held up past the event), episode 2's for its state first.
+    bags = recorded_by_the_recorder(tmp_path / "none", runs, preroll_age=0.0)
+    for bag, run, lost in zip(
+        bags, runs, ("no frame of /rig/cameras/", "no readable arm state"), strict=True
+    ):
+        with pytest.warns(BagWarning) as caught:
+            episode = episode_from_bag(bag)
+        assert_episode(episode, run, recording, range(1, run.ticks))
+        notes = "\n".join(str(w.message) for w in caught)
+        assert f"episode {run.episode_id}: 1 tick(s) left out: {lost}" in notes

@@ -1,5 +1,7 @@
-"""Bags without ROS: BagWriter's bags open with rosbags and BagReader; BagReader recovers what a
-killed writer (a real SIGKILLed process) or a damaged file leaves, and says what it could not read."""
+"""Bags without ROS: BagWriter's bags open with rosbags and BagReader; BagReader indexes a closed bag
+from its MCAP summary exactly as a scan would, scans a file whose summary is missing or wrong, recovers
+what a killed writer (a real SIGKILLed process) or a damaged file leaves, and says what it could not
+read."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ import struct
 import subprocess
 import sys
 import textwrap
+import warnings
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,7 @@ META = EpisodeMetadata(
     probe_steps=4,
     phases=(PhaseMark(Phase.PROBING, 0, T0), PhaseMark(Phase.TAKEOVER, 4, T0 + 200_000_000)),
     policy_versions={"base": "onnx:pick.onnx", "residual": "3"},
+    control_rate=20.0,
 )
 
 
@@ -137,7 +142,7 @@ def test_a_written_bag_is_complete_and_reads_back_identically(tmp_path: Path) ->
     assert EpisodeMetadata.from_json(custom[METADATA_KEY], "metadata.yaml") == ended
 
     reader_ = BagReader(path)
-    assert reader_.complete and not reader_.problems
+    assert reader_.complete and not reader_.problems and not reader_.scanned  # from the summary
     assert data_messages(reader_) == written
     assert reader_.metadata == ended
     assert [m.topic for m in reader_.messages(topics={ACTION})] == [ACTION] * 40
@@ -201,26 +206,120 @@ def test_a_damaged_chunk_is_skipped_and_reported(tmp_path: Path) -> None:
     middle = start + length // 2
     damaged[middle : middle + 16] = b"\xff" * 16  # inside the middle chunk's compressed data
     mcap.write_bytes(bytes(damaged))
-    with pytest.warns(BagWarning, match=r"chunk at byte \d+ skipped"):
-        reader = BagReader(path)
-    messages = data_messages(reader)
+    reader = BagReader(path)  # indexed from the summary: the chunk is not read yet
+    assert (reader.complete, reader.scanned) == (True, [])
+    with pytest.warns(BagWarning, match=rf"chunk at byte {start - 9} skipped"):
+        messages = data_messages(reader)
     assert 0 < len(messages) < len(written) and messages[-1] == written[-1]
     assert set(messages) < set(written)
-    assert reader.problems and "skipped" in reader.problems[0] and str(mcap) in reader.problems[0]
+    assert (reader.complete, len(reader.problems)) == (False, 1) and str(mcap) in reader.problems[0]
+    # Without its summary the file is scanned: the same chunk is found at opening, the same kept.
+    cut = tmp_path / "cut.mcap"
+    cut.write_bytes(damaged[: summary_start(bytes(damaged))])
+    with pytest.warns(BagWarning) as caught:
+        scanned = BagReader(cut)
+    assert scanned.scanned == [cut] and data_messages(scanned) == messages
+    assert f"chunk at byte {start - 9} skipped" in str(caught[0].message)
 
 
-def chunk_records(data: bytes) -> list[tuple[int, int]]:
-    """(offset, length) of the content of each chunk record of a whole MCAP file (spec: records of
-    opcode, u64 length and content after the 8 magic bytes; 0x06 chunk, 0x02 footer)."""
-    chunks: list[tuple[int, int]] = []
+def test_a_damaged_chunk_with_the_newest_metadata_gives_way_to_the_one_before(tmp_path: Path) -> None:
+    path = tmp_path / "bag"
+    written = write_episode(path, 30, big=True)  # metadata in the first chunk, and (ended) in the last
+    mcap = path / "bag.mcap"
+    data = bytearray(mcap.read_bytes())
+    start, _ = chunk_records(bytes(data))[-1]
+    compression = start + 32  # after start, end, size (u64 each), CRC (u32) and the name's length
+    assert data[compression : compression + 4] == b"zstd"
+    data[compression : compression + 4] = b"zsxd"
+    mcap.write_bytes(bytes(data))
+    with pytest.warns(BagWarning, match=rf"chunk at byte {start - 9} skipped: unsupported chunk compression"):
+        reader = BagReader(path)
+    assert reader.scanned == [] and reader.metadata == META  # the first one: no outcome yet
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BagWarning)  # the damaged chunk was reported once, and left out
+        messages = data_messages(reader)
+    assert messages == written and len(reader.problems) == 1  # that chunk held the last metadata only
+
+
+def summary_start(data: bytes) -> int:
+    """Where the summary section of a whole MCAP file starts (spec: the footer record, opcode, u64
+    length, u64 summary_start, u64 summary_offset_start, u32 CRC, is followed by the 8 magic bytes)."""
+    start: int = struct.unpack_from("<BQQ", data, len(data) - 8 - 29)[2]
+    return start
+
+
+def test_a_closed_bag_is_indexed_from_its_summary_as_a_scan_would_index_it(tmp_path: Path) -> None:
+    path = tmp_path / "bag"
+    written = write_episode(path, 30, big=True, noise=True)  # two images per chunk: many chunks
+    data = (path / "bag.mcap").read_bytes()
+    cut = tmp_path / "cut.mcap"  # the same data section, as a killed writer leaves it
+    cut.write_bytes(data[: summary_start(data)])
+    summary = BagReader(path)
+    with pytest.warns(BagWarning, match="without the MCAP footer"):
+        scan = BagReader(cut)
+    assert summary.scanned == [] and scan.scanned == [cut]
+    assert summary.topics == scan.topics and summary.metadata == scan.metadata is not None
+    assert (summary.start_ns, summary.end_ns) == (scan.start_ns, scan.end_ns) == (T0, written[-1][1])
+    assert data_messages(summary) == data_messages(scan) == written
+    assert [m.data for m in summary.messages({EPISODE_META_TOPIC})] == [
+        m.data for m in scan.messages({EPISODE_META_TOPIC})
+    ]
+    assert summary.metadata is not None and summary.metadata.outcome is Outcome.SUCCESS  # the newest
+
+
+def test_a_summary_is_used_only_when_it_checks_out_against_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "bag"
+    written = write_episode(path, 30, big=True)
+    data = (path / "bag.mcap").read_bytes()
+    summary = [(opcode, offset) for opcode, offset, _ in records(data) if offset > summary_start(data)]
+    # The statistics record (0x0b) counts one message more than its channels' counts add up to.
+    (statistics,) = [offset for opcode, offset in summary if opcode == 0x0B]
+    (count,) = struct.unpack_from("<Q", data, statistics)
+    assert count == len(written) + 2  # the images, the actions, two metadata messages
+    wrong_count = bytearray(data)
+    wrong_count[statistics : statistics + 8] = struct.pack("<Q", count + 1)
+    # The last chunk index (0x08) points one byte past its chunk record (after start and end times).
+    chunk_index = [offset for opcode, offset in summary if opcode == 0x08][-1] + 16
+    (chunk,) = struct.unpack_from("<Q", data, chunk_index)
+    assert chunk in {offset - 9 for offset, _ in chunk_records(data)}
+    moved = bytearray(data)
+    moved[chunk_index : chunk_index + 8] = struct.pack("<Q", chunk + 1)
+    # The summary's CRC-32 (rosbags stores 0: none), over the summary and the footer up to the CRC.
+    crc_at = len(data) - 8 - 4
+    crc = zlib.crc32(data[summary_start(data) : crc_at])
+    right_crc, wrong_crc = bytearray(data), bytearray(data)
+    right_crc[crc_at : crc_at + 4] = struct.pack("<I", crc)
+    wrong_crc[crc_at : crc_at + 4] = struct.pack("<I", crc ^ 1)
+    for name, variant, scanned in (
+        ("count", wrong_count, True),
+        ("moved", moved, True),
+        ("right_crc", right_crc, False),
+        ("wrong_crc", wrong_crc, True),
+    ):
+        file = tmp_path / f"{name}.mcap"
+        file.write_bytes(bytes(variant))
+        reader = BagReader(file)  # no warning: the data section itself is whole
+        assert reader.scanned == ([file] if scanned else []), name
+        assert reader.complete and not reader.problems and data_messages(reader) == written
+
+
+def records(data: bytes) -> list[tuple[int, int, int]]:
+    """(opcode, offset, length) of the content of each record of a whole MCAP file, data and summary
+    sections (spec: records of opcode, u64 length and content after the 8 magic bytes, up to the
+    footer, 0x02)."""
+    found: list[tuple[int, int, int]] = []
     pos = 8
     while True:
         opcode, length = struct.unpack_from("<BQ", data, pos)
         if opcode == 0x02:
-            return chunks
-        if opcode == 0x06:
-            chunks.append((pos + 9, length))
+            return found
+        found.append((opcode, pos + 9, length))
         pos += 9 + length
+
+
+def chunk_records(data: bytes) -> list[tuple[int, int]]:
+    """(offset, length) of the content of each chunk record (0x06) of a whole MCAP file."""
+    return [(offset, length) for opcode, offset, length in records(data) if opcode == 0x06]
 
 
 def test_a_killed_writer_process_loses_only_its_open_chunk(tmp_path: Path) -> None:
@@ -282,12 +381,13 @@ def test_bag_info_names_what_is_wrong(tmp_path: Path) -> None:
         bag_info(sqlite)
 
 
-def test_a_bag_without_metadata_yaml_is_scanned(tmp_path: Path) -> None:
+def test_a_bag_without_metadata_yaml_is_read_from_its_mcap_summary(tmp_path: Path) -> None:
     path = tmp_path / "bag"
     written = write_episode(path)
     (path / "metadata.yaml").unlink()
     info = bag_info(path)  # the MCAP file is whole; only rosbags' metadata.yaml is gone
     assert not info.complete and info.message_count == len(written) + 2
+    assert info.problems == ("no readable metadata.yaml: described from the MCAP summary",)
     assert info.metadata is not None and info.metadata.outcome is Outcome.SUCCESS
     copy = tmp_path / "episode.mcap"
     shutil.copy(path / "bag.mcap", copy)
@@ -298,6 +398,10 @@ def test_episode_metadata_round_trips_and_rejects_bad_json() -> None:
     assert EpisodeMetadata.from_json(META.to_json(), "x") == META
     session = EpisodeMetadata(robot_id="rig", profile="pick")
     assert EpisodeMetadata.from_json(session.to_json(), "x") == session
+    # A recorder from before the control rate was recorded wrote no such key.
+    assert EpisodeMetadata.from_json('{"robot_id": "rig", "profile": "pick"}', "x") == session
+    with pytest.raises(BagError, match=r"bag: invalid episode metadata \(ValueError: control_rate must be"):
+        EpisodeMetadata.from_json('{"robot_id": "r", "profile": "p", "control_rate": -20}', "bag")
     with pytest.raises(
         BagError, match=r"bag/metadata.yaml: invalid episode metadata \(KeyError: 'robot_id'\)"
     ):

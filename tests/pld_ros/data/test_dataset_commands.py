@@ -1,6 +1,7 @@
 """``pld dataset convert`` end to end through the typer app (no ROS): bags written as the recorder
 writes them become LeRobot v3.0 and HDF5 datasets whose frames, actions, base/residual split,
-episode boundaries, prompts and outcomes are the bags'; a broken bag is reported and the others
+episode boundaries, prompts and outcomes are the bags'; the dataset's rate is the recorded control
+rate, given, or assumed for old bags, and says which; a broken bag is reported and the others
 converted; a cut bag gives its readable part."""
 
 from __future__ import annotations
@@ -60,6 +61,32 @@ def test_bags_become_hdf5_and_lerobot_datasets(tmp_path: Path) -> None:
     assert len(reader_) == 2 and set(reader_.tasks.values()) == {PROMPT}
     for index, run in enumerate((RUNS[0], RUNS[2])):
         assert_episode(reader_.episode(index), run, recording, video=True)
+
+
+def test_the_rate_is_the_recorded_one_unless_given_and_says_which(tmp_path: Path) -> None:
+    (bag,), recording = record(tmp_path / "now", RUNS[:1])
+    code, output = convert(bag, "--format", "hdf5", "--out", tmp_path / "now.hdf5")
+    assert code == 0, output
+    assert f"pld dataset: 20 frames per second: the control rate recorded in {bag}\n" in output
+    code, output = convert(bag, "--format", "hdf5", "--out", tmp_path / "given.hdf5", "--fps", "20")
+    assert code == 0 and "pld dataset: 20 frames per second: --fps\n" in output, output
+    # Bags of an older recorder: 20 Hz assumed, said once for the dataset and once per bag.
+    (old,), _ = record(tmp_path / "old", RUNS[:1], control_rate=None)
+    code, output = convert(old, "--format", "hdf5", "--out", tmp_path / "old.hdf5")
+    assert code == 0, output
+    assert f"20 frames per second: the default: {old} does not record its control rate" in output
+    assert "pld dataset: warning: " in output and "20 Hz assumed" in output
+    with Hdf5Reader(tmp_path / "old.hdf5") as reader:
+        assert_episode(reader.episode(0), RUNS[0], recording)
+    # A bag recorded at another rate than the first one's is not converted; the others are.
+    (other,), _ = record(tmp_path / "other", RUNS[1:2], control_rate=10.0)
+    code, output = convert(bag, other, "--format", "hdf5", "--out", tmp_path / "mixed.hdf5")
+    assert code == 1 and "1 episodes (12 frames) converted" in output, output
+    assert f"{other}: control rate 10 Hz (recorded), the dataset's is 20 Hz: convert it" in output
+    (odd,), _ = record(tmp_path / "odd", RUNS[:1], control_rate=12.5)
+    code, output = convert(odd, "--format", "hdf5", "--out", tmp_path / "odd.hdf5")
+    assert code == 2 and "control rate 12.5 Hz; a dataset needs whole frames per second: give --fps" in output
+    assert not (tmp_path / "odd.hdf5").exists()
 
 
 def test_a_session_bag_with_a_prompt_and_fewer_cameras(tmp_path: Path) -> None:

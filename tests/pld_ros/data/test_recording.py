@@ -1,5 +1,6 @@
 """The recorder's core without ROS: episode events split the stream into one complete bag per
-episode with its metadata; session bags; history events; queue overflow; a failing disk."""
+episode with its metadata; the pre-roll of camera frames and base actions from between episodes;
+session bags; history events; queue overflow; a failing disk."""
 
 from __future__ import annotations
 
@@ -15,15 +16,17 @@ from pld_ros.data.bags import EPISODE_META_TOPIC, BagReader, EpisodeMetadata, ba
 from pld_ros.data.recording import (
     BASE_ACTION_TYPE,
     EVENT_TYPE,
+    IMAGE_TYPE,
     WEIGHTS_TYPE,
     BagRecorder,
     RecordedTopic,
     default_topics,
 )
 from pld_ros.profile import load_profile
-from tests.pld_ros.data.test_bags import base_action
+from tests.pld_ros.data.test_bags import base_action, frame_id, image
 
 EVENTS, STATE, ACTION, WEIGHTS = "/r/episode/events", "/r/arm/state", "/r/policy/base/action", "/r/weights"
+CAMERA = "/r/cameras/wrist/image_raw"
 T0 = 1_700_000_000_000_000_000
 MS = 1_000_000
 STRING = "std_msgs/msg/String"
@@ -87,6 +90,7 @@ def event(
         step=episode,
         probe_steps=3,
         reason=outcome.name.lower() if outcome is not Outcome.NONE else "",
+        stage="",
     )
     return serialize(EVENT_TYPE, value)
 
@@ -208,6 +212,43 @@ def test_one_complete_bag_per_episode_with_its_metadata(
         "episode 1 success, 19 messages, 0.0 MB",  # 11 states, an action, 3 events, 4 metadata
         "episode 2 not ended (recorder stopped), 4 messages, 0.0 MB",
     ]
+
+
+def test_the_newest_frames_from_between_episodes_open_the_next_bag(tmp_path: Path, clock: Clock) -> None:
+    recorder = BagRecorder(tmp_path, IDENTITY, Log(), events_topic=EVENTS, not_before_ns=T0, clock=clock)
+    for name, msgtype in (
+        (EVENTS, EVENT_TYPE),
+        (STATE, STRING),
+        (CAMERA, IMAGE_TYPE),
+        (ACTION, BASE_ACTION_TYPE),
+    ):
+        recorder.add_topic(RecordedTopic(name, msgtype))
+    recorder.start()
+    put = recorder.put
+    put(ACTION, T0, base_action(1))  # 1.5 s before the start: older than PREROLL_AGE, left out
+    for index in range(3):  # only the newest frame is kept
+        put(CAMERA, T0 + (1000 + 10 * index) * MS, image(index))
+    put(STATE, T0 + 1400 * MS, state(0))  # not a pre-roll type: skipped
+    put(EVENTS, T0 + 1500 * MS, event(EventKind.STARTED, 1, T0 + 1500 * MS, Phase.PROBING))
+    put(CAMERA, T0 + 1510 * MS, image(3))
+    put(ACTION, T0 + 1520 * MS, base_action(2))  # in the episode: written, not kept for the next one
+    put(EVENTS, T0 + 1600 * MS, event(EventKind.ENDED, 1, T0 + 1600 * MS, Phase.DONE, Outcome.SUCCESS))
+    put(CAMERA, T0 + 1610 * MS, image(4))  # in the end grace: into this bag, and kept for the next
+    # The next episode starts before the grace has passed (the clock stands still).
+    put(EVENTS, T0 + 1700 * MS, event(EventKind.STARTED, 2, T0 + 1700 * MS, Phase.PROBING))
+    assert recorder.stop()
+
+    first, second = (BagReader(bag) for bag in sorted(tmp_path.iterdir()))
+    assert [frame_id(m.data) for m in first.messages({CAMERA})] == [2, 3, 4]
+    assert [m.timestamp_ns - T0 for m in first.messages({CAMERA})] == [1020 * MS, 1510 * MS, 1610 * MS]
+    assert [m.data for m in first.messages({ACTION})] == [base_action(2)]
+    assert not list(first.messages({STATE}))
+    assert [frame_id(m.data) for m in second.messages({CAMERA})] == [4]
+    assert not list(second.messages({ACTION}))
+    status = recorder.status()
+    # Written: frames 2, 3, 4 (twice: both bags), the action and three events; skipped: frames 0
+    # and 1, the old action and the state.
+    assert (status.received, status.written, status.skipped) == (11, 8, 4)
 
 
 def test_history_and_other_robots_events_split_nothing(recorder: BagRecorder, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The recorder node as a real process: the test publishes what the supervisor, a camera and an arm
 driver would (episode events, small images, arm states) and reads the bags the node leaves behind,
-after SIGTERM (complete bags with metadata) and after SIGKILL (recovered up to the last chunk)."""
+after SIGTERM (complete bags with metadata, the profile's control rate, and the newest frame and
+state from before each episode as pre-roll) and after SIGKILL (recovered up to the last chunk)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ CAMERA, STATE, EVENTS = (
 PROFILE = """
 name: recorder_test
 robot_id: test_rig
+supervisor:
+  control_rate: 25.0
 recording:
   directory: "{bags}"
   split: episode
@@ -140,9 +143,9 @@ def test_sigterm_closes_complete_bags_one_per_episode(probe: RosProbe, tmp_path:
     node, bags = start(tmp_path)
     try:
         graph.connect(node)
-        graph.stream(5)  # before any episode: not recorded
+        before = graph.stream(5)  # before any episode: only the newest frame is recorded, as pre-roll
         graph.event(EventKind.STARTED, 11, Phase.PROBING)
-        first = graph.stream(20)
+        first = before[-1:] + graph.stream(20)
         graph.event(EventKind.PHASE_CHANGED, 11, Phase.TAKEOVER)
         first += graph.stream(20)
         graph.event(EventKind.ENDED, 11, Phase.DONE, Outcome.SUCCESS)
@@ -151,9 +154,9 @@ def test_sigterm_closes_complete_bags_one_per_episode(probe: RosProbe, tmp_path:
             "the first bag closed",
             lambda: graph.diagnostics.get("bags") == "1" and graph.diagnostics["current_bag"] == "",
         )
-        graph.stream(5)  # between episodes
+        between = graph.stream(5)
         graph.event(EventKind.STARTED, 12, Phase.PROBING)
-        second = graph.stream(15)
+        second = between[-1:] + graph.stream(15)
         graph.settled(
             node, "everything received", lambda: graph.diagnostics.get("received") == str(graph.published)
         )
@@ -170,6 +173,7 @@ def test_sigterm_closes_complete_bags_one_per_episode(probe: RosProbe, tmp_path:
         assert info.complete and not info.problems
         meta = info.metadata
         assert meta is not None and (meta.robot_id, meta.profile) == (ROBOT, "recorder_test")
+        assert meta.control_rate == 25.0
         assert meta.mode is RunMode.PROBE_TAKEOVER and meta.probe_steps == 3 and meta.outcome is outcome
         counts = {t.name: t.count for t in info.topics}
         assert counts[CAMERA] == counts[STATE] == len(frames)

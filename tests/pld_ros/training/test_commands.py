@@ -1,5 +1,5 @@
 """``pld train sim-classifier``: the success classifier from rollout episode files (the path of
-scripts/train_sim_models.sh), through the reward-classifier training."""
+scripts/train_sim_models.sh), through the reward-classifier training; errors say ``pld train``."""
 
 from __future__ import annotations
 
@@ -52,4 +52,13 @@ def test_sim_classifier_refuses_views_in_another_order(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert (
         "episode_000000.npz: views ('side', 'wrist'), the classifier takes ('wrist', 'side')" in result.stderr
+    )
+
+
+def test_a_profile_without_the_simulated_world_is_a_pld_train_error(tmp_path: Path) -> None:
+    args = ["collect-demos", "--episodes", "1", "--out", str(tmp_path), "--profile", "yam_gpu_insertion"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "pld train: yam_gpu_insertion: the simulated variant does not host the franka_pick_cube world\n"
     )

@@ -1,4 +1,5 @@
-"""``pld reward collect | train | eval`` end to end: the simulated world, real files, the ONNX model."""
+"""``pld reward collect | train | eval`` end to end: the simulated world, real files, the ONNX model;
+errors say ``pld reward``."""
 
 from __future__ import annotations
 
@@ -135,3 +136,11 @@ def test_collect_labels_simulated_frames_by_the_privileged_signal(tmp_path: Path
     # A second run finds the episode there and runs nothing.
     code, out, _ = run(*args, "--host", HOST)
     assert code == 0 and "1 episodes already in" in out
+
+
+def test_a_profile_without_the_simulated_world_is_a_pld_reward_error(tmp_path: Path) -> None:
+    code, _, stderr = run("collect", "yam_gpu_insertion", "--episodes", "1", "--out", str(tmp_path))
+    assert code == 2
+    assert stderr == (
+        "pld reward: yam_gpu_insertion: the simulated variant does not host the franka_pick_cube world\n"
+    )

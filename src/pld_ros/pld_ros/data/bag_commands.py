@@ -92,7 +92,8 @@ def format_info(info: BagInfo) -> str:
         if meta.episode_id is not None:
             outcome = meta.outcome.name.lower() if meta.outcome is not None else "not ended"
             episode += f", {outcome}" + (f" ({meta.reason})" if meta.reason else "")
-        rows += [("robot", f"{meta.robot_id} (profile {meta.profile})"), ("episode", episode)]
+        rate = f", control rate {meta.control_rate:g} Hz" if meta.control_rate is not None else ""
+        rows += [("robot", f"{meta.robot_id} (profile {meta.profile}{rate})"), ("episode", episode)]
         if meta.prompt:
             rows.append(("prompt", meta.prompt))
         if meta.policy_versions:

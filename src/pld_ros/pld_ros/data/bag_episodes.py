@@ -40,10 +40,11 @@ tick's command. And ticks come from the commands, not from a clock: the bag's cl
 which a simulation slower than real time stretches the ticks (the driver ticks on simulated time),
 so a fixed-rate grid on it would repeat ticks; real ticks jitter by milliseconds around their
 deadlines, which makes a grid lose and repeat ticks near its edges too. The frames' timestamps are
-the control-rate grid, the first tick's stamp plus ``t / fps``; ``fps`` is the argument, else
-:data:`DEFAULT_FPS` (the bag's metadata does not record the profile's control rate). Ticks whose
-spacing on the bag's clock differs from ``1 / fps`` by more than :data:`RATE_MISMATCH` are reported
-(a wrong fps, or a simulation slower than real time).
+the control-rate grid, the first tick's stamp plus ``t / fps``; ``fps`` is the argument, else the
+control rate the bag's metadata records (the profile's ``supervisor.control_rate``), else, for a bag
+recorded before the metadata held it, :data:`DEFAULT_FPS` (reported). Ticks whose spacing on the
+bag's clock differs from ``1 / fps`` by more than :data:`RATE_MISMATCH` are reported (a wrong fps,
+or a simulation slower than real time).
 
 What cannot be read is left out and reported, the rest converted: a tick lacking one of its parts
 (state, base action, a camera frame: a damaged chunk, a message that does not deserialize) is no
@@ -76,7 +77,7 @@ from pld_ros.core.episode import EventKind, Outcome, RunMode, Source
 from pld_ros.core.messages import action_of, image_array, proprio_of
 from pld_ros.core.observation import ACTION_DIM, PROPRIO_DIM, Float32Array
 from pld_ros.data.bags import BagReader, BagWarning, EpisodeMetadata, typestore
-from pld_ros.data.recording import BASE_ACTION_TYPE, EVENT_TYPE
+from pld_ros.data.recording import BASE_ACTION_TYPE, EVENT_TYPE, IMAGE_TYPE, STATE_TYPE
 from pld_ros.data.sft_episode import (
     ACTION_NAMES,
     ORIGIN_OF_MODE,
@@ -89,12 +90,12 @@ from pld_ros.data.sft_episode import (
 View = Literal["policy_view", "image_raw"]
 VIEWS: tuple[View, ...] = ("policy_view", "image_raw")
 """The camera topics a dataset can take its images from (docs/topics.md)."""
-STATE_TYPE = "pld_msgs/msg/RobotState"
 COMMAND_TYPE = "pld_msgs/msg/DeltaPoseCommand"
-IMAGE_TYPE = "sensor_msgs/msg/Image"
 DEFAULT_FPS = 20
-"""Hz: the control rate when none is given (the default ``supervisor.control_rate``; a bag does not
-record its profile's)."""
+"""Hz: the control rate of a bag whose metadata does not record it (bags recorded before it did)
+when none is given: the default ``supervisor.control_rate``."""
+FpsSource = Literal["given", "metadata", "default"]
+"""Where :attr:`BagEpisodes.fps` came from: the argument, the bag's metadata, :data:`DEFAULT_FPS`."""
 MAX_CAMERA_AGE = 0.5
 """s: a camera frame older than this at a tick counts as missing there (the default
 ``cameras.<name>.stale_after``, after which the supervisor aborts an episode for a stale camera)."""
@@ -346,11 +347,12 @@ class BagEpisodes:
     dropped then: the images of one episode are in memory at a time (twice, while they are copied
     into its arrays), except in a bag without episode events, whose episodes are known at its end.
 
-    ``fps``: the control rate (None: :data:`DEFAULT_FPS`); ``cameras``, ``view``, ``arm``: see
-    :func:`find_topics`; ``prompt``: the task of every episode (None: the bag's metadata). Raises
-    :class:`~pld_ros.data.bags.BagError` for a path that is no bag, ValueError for a bag without
-    the required topics or without a prompt, and, when iterated, for one without a tick to convert
-    or with images that are not rgb8.
+    ``fps``: the control rate (None: the one the bag's metadata records, else :data:`DEFAULT_FPS`,
+    reported; a given one that differs from the recorded one is reported too); ``cameras``,
+    ``view``, ``arm``: see :func:`find_topics`; ``prompt``: the task of every episode (None: the
+    bag's metadata). Raises :class:`~pld_ros.data.bags.BagError` for a path that is no bag,
+    ValueError for a bag without the required topics or without a prompt, and, when iterated, for
+    one without a tick to convert or with images that are not rgb8.
     """
 
     def __init__(
@@ -365,14 +367,23 @@ class BagEpisodes:
         max_camera_age: float = MAX_CAMERA_AGE,
     ) -> None:
         self.path = path
-        self.fps = DEFAULT_FPS if fps is None else float(fps)
-        if not self.fps > 0.0:
+        if fps is not None and not fps > 0.0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.max_camera_age = max_camera_age
         self._store = typestore()
         self._reader = BagReader(path, store=self._store)
         self.metadata: EpisodeMetadata | None = self._reader.metadata
         """The bag's episode metadata (the last metadata message), if any."""
+        recorded = self.metadata.control_rate if self.metadata is not None else None
+        self.fps: float
+        """Hz: the control rate, the frames' rate."""
+        self.fps_source: FpsSource
+        if fps is not None:
+            self.fps, self.fps_source = float(fps), "given"
+        elif recorded is not None:
+            self.fps, self.fps_source = recorded, "metadata"
+        else:
+            self.fps, self.fps_source = float(DEFAULT_FPS), "default"
         self.topics = find_topics(
             path, {t.name: t.msgtype for t in self._reader.topics}, arm=arm, cameras=cameras, view=view
         )
@@ -383,6 +394,15 @@ class BagEpisodes:
         self._notes: list[str] = []
         self._bag_notes: list[str] = []  # those of no one episode
         self._iterated = False
+        if self.fps_source == "default":
+            self._note(
+                f"the bag's metadata does not record the control rate (a bag recorded before it did): "
+                f"{DEFAULT_FPS} Hz assumed; give the rate (fps, --fps) if it was another"
+            )
+        elif recorded is not None and self.fps != recorded:
+            self._note(
+                f"fps {self.fps:g} given; the bag's metadata records a control rate of {recorded:g} Hz"
+            )
 
     @property
     def problems(self) -> list[str]:

@@ -5,12 +5,15 @@ Mounted by the main CLI as ``pld dataset``; until then ``python -m pld_ros.data.
 - ``convert BAGS... --out PATH --format lerobot|hdf5 [--filter success|all] [--fps N] [--view V]
   [--prompt TEXT] [--cameras a,b] [--arm ARM]``: every episode of the bags (bag directories, .mcap
   files, or directories of bags) into one dataset (:func:`pld_ros.data.convert.convert`), one frame
-  per control tick (:mod:`pld_ros.data.bag_episodes`). Progress goes to stderr (a line per bag, and
-  the converter's own), then the report to stdout. A bag that cannot be converted (missing topics, no
-  prompt, not a bag) is reported and the others converted; what could not be read of a bag (a cut
-  file, a damaged chunk, ticks left out) is printed as a warning and the rest converted. Exit code 0
-  when every bag was converted (warnings or not), 1 when one was not or the output failed, 2 for a
-  path that does not exist or is no bag, or bad options.
+  per control tick (:mod:`pld_ros.data.bag_episodes`). The dataset's rate is ``--fps``, else the
+  control rate recorded in the first bag's metadata (:data:`~pld_ros.data.bag_episodes.DEFAULT_FPS`
+  for a bag recorded before the metadata held it); a bag recorded at another rate is not converted
+  (reported). Which rate was used, and why, goes to stderr first. Progress goes to stderr (a line
+  per bag, and the converter's own), then the report to stdout. A bag that cannot be converted
+  (missing topics, no prompt, not a bag) is reported and the others converted; what could not be
+  read of a bag (a cut file, a damaged chunk, ticks left out) is printed as a warning and the rest
+  converted. Exit code 0 when every bag was converted (warnings or not), 1 when one was not or the
+  output failed, 2 for a path that does not exist or is no bag, or bad options.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from pld_ros.data.bag_episodes import DEFAULT_FPS, VIEWS, BagEpisodes, View
+from pld_ros.data.bag_episodes import DEFAULT_FPS, VIEWS, BagEpisodes
 from pld_ros.data.bags import BagWarning
 from pld_ros.data.convert import Format, PendingEpisode
 from pld_ros.data.convert import convert as convert_episodes
@@ -77,22 +80,60 @@ def bag_paths(paths: Sequence[Path]) -> list[Path]:
     return list(dict.fromkeys(bags))
 
 
+Opener = Callable[[Path], BagEpisodes]
+"""Opens a bag for conversion with the command's options."""
+
+
+def _try(open_bag: Opener, bag: Path) -> BagEpisodes | Exception:
+    try:
+        return open_bag(bag)
+    except Exception as exc:  # whatever a broken bag raises is that bag's problem, reported
+        return exc
+
+
+def _dataset_rate(
+    bags: Sequence[Path], open_bag: Opener, opened: dict[Path, BagEpisodes | Exception]
+) -> tuple[int, str]:
+    """The dataset's rate when none is given, and why: the first bag that opens decides (it is
+    kept in ``opened``, and so is every bag before it that failed to). Raises a usage error for a
+    recorded rate that is not a whole number."""
+    for bag in bags:
+        source = opened[bag] = _try(open_bag, bag)
+        if isinstance(source, Exception):
+            continue
+        if source.fps_source == "default":
+            return DEFAULT_FPS, (
+                f"the default: {bag} does not record its control rate (recorded before bags did); "
+                "give --fps if it was another"
+            )
+        if source.fps != round(source.fps):
+            raise _fail(
+                f"{bag}: control rate {source.fps:g} Hz; a dataset needs whole frames per second: give --fps"
+            )
+        return round(source.fps), f"the control rate recorded in {bag}"
+    return DEFAULT_FPS, "the default: no bag could be opened"
+
+
 def _pending(
-    bags: Sequence[Path],
-    *,
-    fps: int,
-    view: View,
-    prompt: str | None,
-    cameras: Sequence[str] | None,
-    arm: str | None,
+    bags: Sequence[Path], open_bag: Opener, opened: dict[Path, BagEpisodes | Exception], fps: int
 ) -> Iterator[PendingEpisode]:
-    """The episodes of ``bags`` one at a time, named by their bag; a bag that fails becomes one
-    failing entry (so that the conversion reports it and goes on), after what it gave before."""
+    """The episodes of ``bags`` one at a time, named by their bag; a bag that fails (or was recorded
+    at another rate than ``fps``) becomes one failing entry (so that the conversion reports it and
+    goes on), after what it gave before. ``opened``: bags opened already."""
     for number, bag in enumerate(bags, 1):
         episodes, frames, failed = 0, 0, ""
         source: BagEpisodes | None = None
         try:
-            source = BagEpisodes(bag, fps=fps, cameras=cameras, view=view, arm=arm, prompt=prompt)
+            result = opened.pop(bag) if bag in opened else _try(open_bag, bag)
+            if isinstance(result, Exception):
+                raise result
+            source = result
+            if source.fps != fps:
+                how = "recorded" if source.fps_source == "metadata" else "assumed, its metadata has no rate"
+                raise ValueError(
+                    f"{bag}: control rate {source.fps:g} Hz ({how}), the dataset's is {fps} Hz: convert it "
+                    "into a dataset of its own, or give --fps"
+                )
             for episode in source:
                 episodes, frames = episodes + 1, frames + len(episode)
                 piece = episode.info.extra.get("piece")
@@ -134,8 +175,14 @@ def convert(
         str, typer.Option("--filter", help="'success': only successful episodes; 'all': every one.")
     ] = "all",
     fps: Annotated[
-        int, typer.Option(min=1, help="The control rate the bags were recorded at, Hz: the dataset's rate.")
-    ] = DEFAULT_FPS,
+        int | None,
+        typer.Option(
+            min=1,
+            help="The control rate the bags were recorded at, Hz: the dataset's rate. Default: the rate "
+            f"recorded in the first bag ({DEFAULT_FPS} for bags that do not record it).",
+            show_default=False,
+        ),
+    ] = None,
     view: Annotated[
         str, typer.Option(help=f"Camera images to take: {' or '.join(VIEWS)} (cameras/<name>/<view>).")
     ] = "policy_view",
@@ -170,12 +217,19 @@ def convert(
     except ValueError as exc:
         raise _fail(str(exc)) from None
     names = [name.strip() for name in cameras.split(",") if name.strip()] if cameras is not None else None
-    episodes = _pending(paths, fps=fps, view=view, prompt=prompt, cameras=names, arm=arm)
+
+    def open_bag(bag: Path) -> BagEpisodes:
+        return BagEpisodes(bag, fps=fps, cameras=names, view=view, arm=arm, prompt=prompt)
+
+    opened: dict[Path, BagEpisodes | Exception] = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BagWarning)  # each bag's problems are printed after it
+        rate, why = (fps, "--fps") if fps is not None else _dataset_rate(paths, open_bag, opened)
+        typer.echo(f"pld dataset: {rate} frames per second: {why}", err=True)
+        episodes = _pending(paths, open_bag, opened, rate)
         try:
             report = convert_episodes(
-                episodes, out, format, fps, filter_success=filter == "success", progress=sys.stderr
+                episodes, out, format, rate, filter_success=filter == "success", progress=sys.stderr
             )
         except OSError as exc:  # the output failed (disk full, ...); nothing of it is left
             typer.echo(f"pld dataset: writing {out} failed, nothing written: {exc}", err=True)

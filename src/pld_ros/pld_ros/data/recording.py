@@ -10,10 +10,17 @@ order the messages arrived:
   split the recording with ``split="episode"``: STARTED of this robot closes any open bag and opens
   the episode's bag, PHASE_CHANGED adds a :class:`~pld_ros.data.bags.PhaseMark`, ENDED sets the
   outcome and closes the bag ``end_grace`` s later, so that messages of the last tick still in
-  flight are kept. Messages outside an episode are not recorded (``skipped``). Events stamped
-  before the recorder started are history (the supervisor's events are transient local, so a
-  late subscriber gets the last 50): they are recorded but split nothing, so a recorder started
-  in mid-episode records from the next episode on.
+  flight are kept. Messages outside an episode are not recorded (``skipped``), except the
+  pre-roll: the newest message of each topic of a :data:`PREROLL_TYPES` type (camera images and
+  intrinsics, arm and joint states, base actions) received between episodes (after the last
+  ENDED event, before the STARTED event) goes into the episode's bag at its start, with its own
+  receive time, if it is at most :data:`PREROLL_AGE` old. The supervisor sends STARTED on a
+  tick's state, and the camera frames of that tick were captured (and mostly received) just
+  before: without the pre-roll, an episode whose first command is for the STARTED tick would have
+  no images for it in its bag. Events stamped before the recorder started are history (the
+  supervisor's events are transient local, so a late subscriber gets the last 50): they are
+  recorded but split nothing, so a recorder started in mid-episode records from the next episode
+  on.
 - With ``split="session"`` everything goes into one bag from the first message to :meth:`stop`.
 - Policy versions for the metadata come from the recorded messages themselves: the newest
   ``BaseAction.policy`` (``base``) and the newest ``PolicyWeights.version`` per policy (the
@@ -57,6 +64,18 @@ from pld_ros.profile import Profile
 EVENT_TYPE = "pld_msgs/msg/EpisodeEvent"
 BASE_ACTION_TYPE = "pld_msgs/msg/BaseAction"
 WEIGHTS_TYPE = "pld_msgs/msg/PolicyWeights"
+STATE_TYPE = "pld_msgs/msg/RobotState"
+IMAGE_TYPE = "sensor_msgs/msg/Image"
+PREROLL_TYPES = frozenset(
+    {IMAGE_TYPE, "sensor_msgs/msg/CameraInfo", STATE_TYPE, "sensor_msgs/msg/JointState", BASE_ACTION_TYPE}
+)
+"""Message types whose newest message per topic before an episode's STARTED event goes into its bag:
+what a control tick's frame is made of (the camera images, the arm's state, the base action that
+answers it; and the intrinsics and joint states that go with them)."""
+PREROLL_AGE = 1.0
+"""s: a pre-roll message older than this at the STARTED event is left out (our choice: twice the
+converter's limit for a camera frame, ``bag_episodes.MAX_CAMERA_AGE``; an older one would only
+stretch the bag back in time)."""
 QUEUE_BYTES = 512 * 2**20
 """Bytes of messages the queue holds before it drops (our choice: ~9 s of two 640x480 rgb8 cameras
 at 30 Hz, 55 MB/s, a disk stall or a slow chunk compression has to outlast that to lose data)."""
@@ -121,10 +140,13 @@ class RecorderStatus:
     received: int
     """Messages handed to :meth:`BagRecorder.put`."""
     written: int
+    """Messages written into bags (a pre-roll message that also went into the last episode's bag,
+    in its end grace, counts twice)."""
     dropped: int
     """Did not fit in the queue."""
     skipped: int
-    """Arrived outside an episode (split by episode), or for a bag that failed."""
+    """Arrived outside an episode (split by episode) and not carried into the next one as pre-roll,
+    or for a bag that failed."""
     bytes_written: int
     queue_depth: int
     queue_bytes: int
@@ -191,10 +213,11 @@ def _utc_stamp(stamp_ns: int) -> str:
 class BagRecorder:
     """Writes what :meth:`put` receives into bags, from a thread of its own (see the module docstring).
 
-    ``identity``: the robot, profile and prompt every bag's metadata starts from. ``events_topic``:
-    the fully qualified name of the supervisor's episode events. ``not_before_ns``: events stamped
-    earlier are history. ``clock``: ns since the epoch, the same clock as the stamps given to
-    :meth:`put` (for the end grace when no message comes).
+    ``identity``: the robot, profile, prompt and control rate every bag's metadata starts from.
+    ``events_topic``: the fully qualified name of the supervisor's episode events. ``preroll_age``:
+    s, see :data:`PREROLL_AGE`. ``not_before_ns``: events stamped earlier are history. ``clock``:
+    ns since the epoch, the same clock as the stamps given to :meth:`put` (for the end grace when no
+    message comes).
     """
 
     def __init__(
@@ -209,12 +232,14 @@ class BagRecorder:
         queue_bytes: int = QUEUE_BYTES,
         chunk_period: float = CHUNK_PERIOD,
         end_grace: float = END_GRACE,
+        preroll_age: float = PREROLL_AGE,
         not_before_ns: int | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        if queue_bytes <= 0 or end_grace < 0.0:
+        if queue_bytes <= 0 or end_grace < 0.0 or preroll_age < 0.0:
             raise ValueError(
-                f"queue_bytes must be positive and end_grace not negative ({queue_bytes}, {end_grace})"
+                "queue_bytes must be positive, end_grace and preroll_age not negative "
+                f"({queue_bytes}, {end_grace}, {preroll_age})"
             )
         self.directory = directory
         self.identity = identity
@@ -224,6 +249,7 @@ class BagRecorder:
         self.compression: Compression = compression
         self.chunk_period = chunk_period
         self.end_grace_ns = int(end_grace * 1e9)
+        self.preroll_age_ns = int(preroll_age * 1e9)
         self.clock = clock
         self.not_before_ns = clock() if not_before_ns is None else not_before_ns
         self._store = typestore()
@@ -239,6 +265,8 @@ class BagRecorder:
         self._meta: EpisodeMetadata | None = None
         self._close_at_ns: int | None = None
         self._versions: dict[str, str] = {}
+        # Topic -> its newest pre-roll message, and whether it is counted (written or skipped) already.
+        self._preroll: dict[str, tuple[_Message, bool]] = {}
 
     # -- the callers' side ---------------------------------------------------------------------
 
@@ -297,6 +325,8 @@ class BagRecorder:
                     self.log.error(f"recorder: unexpected error, message skipped: {self._last_error}")
         finally:
             self._close("recorder stopped")
+            self._skipped += sum(not counted for _, counted in self._preroll.values())
+            self._preroll.clear()
 
     def _handle(self, item: _Message | RecordedTopic | None) -> None:
         if isinstance(item, RecordedTopic):
@@ -325,7 +355,32 @@ class BagRecorder:
             self._versions[str(weights.policy)] = str(weights.version)
         if self._bag is None and self.split == "session":
             self._open(f"{self.identity.robot_id}-session", self.identity, message)
-        self._write(message)
+        between = self._bag is None or self._close_at_ns is not None  # no episode, or one that ended
+        if self.split == "episode" and msgtype in PREROLL_TYPES and between:
+            self._hold(message)
+        else:
+            self._write(message)
+
+    def _hold(self, message: _Message) -> None:
+        """Keep ``message`` as its topic's pre-roll; in the end grace of an episode's bag it goes into
+        that bag too (so that a STARTED event within the grace still finds it)."""
+        counted = self._bag is not None
+        if counted:
+            self._write(message)
+        replaced = self._preroll.get(message.topic)
+        if replaced is not None and not replaced[1]:
+            self._skipped += 1
+        self._preroll[message.topic] = (message, counted)
+
+    def _write_preroll(self, started_ns: int) -> None:
+        """Write the pre-roll into the bag just opened for the episode started at ``started_ns``."""
+        held = sorted(self._preroll.values(), key=lambda item: item[0].stamp_ns)
+        self._preroll.clear()
+        for message, counted in held:
+            if started_ns - message.stamp_ns <= self.preroll_age_ns:
+                self._write(message)
+            elif not counted:
+                self._skipped += 1
 
     def _on_event(self, message: _Message) -> None:
         event = self._decode(message, EVENT_TYPE)
@@ -350,6 +405,7 @@ class BagRecorder:
                 phases=(mark,),
             )
             self._open(f"{self.identity.robot_id}-{episode:06d}", meta, message)
+            self._write_preroll(message.stamp_ns)
             self._write(message)
             return
         if self._meta is None or self._meta.episode_id != episode:

@@ -10,7 +10,10 @@ episode or per session (the profile's ``recording`` section), with the episode's
 - ``episode/events`` (``EpisodeEvent``, from the supervisor) splits the recording by episode; it is
   subscribed from the start, as the supervisor publishes it (reliable, transient local).
 - Each callback only stamps the message with the receive time and queues it: the writing, the
-  split and the metadata happen in :class:`~pld_ros.data.recording.BagRecorder`'s writer thread.
+  split, the pre-roll (the newest camera, state and base action messages from before an episode's
+  STARTED event) and the metadata happen in :class:`~pld_ros.data.recording.BagRecorder`'s writer
+  thread. The metadata names the robot, profile, prompt and control rate
+  (``supervisor.control_rate``) besides the episode.
 - ``/diagnostics`` (``pld/recorder``): messages received, written, dropped (queue full), skipped
   (outside an episode), bytes and MB/s written, queue depth and size, the open bag, write errors,
   topics not seen yet; a heartbeat; one log line per closed bag.
@@ -109,6 +112,7 @@ class RecorderNode(Node):
             robot_id=profile.robot_id,
             profile=profile.name,
             prompt=profile.policies.base.prompt if profile.policies is not None else "",
+            control_rate=profile.supervisor.control_rate,
         )
         self.recorder = BagRecorder(
             recording.directory,

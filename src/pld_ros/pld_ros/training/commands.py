@@ -7,9 +7,7 @@ The simulated world runs in this process (franky-sim bound to ``--host``); no RO
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,18 +16,9 @@ import typer
 
 from pld_ros.core.observation import ACTION_DIM, Float32Array, Observation
 from pld_ros.core.spatial import Pose
-from pld_ros.drivers.arm import ArmFault
-from pld_ros.profile import FrankyArm, Profile, ProfileError, load_profile
-from pld_ros.sim.franka_pick_cube import FrankaPickCubeWorld
 from pld_ros.sim.franka_pick_cube_expert import ExpertConfig, FrankaPickCubeExpert
-from pld_ros.training.rollouts import (
-    EPISODE_SUFFIX,
-    Episode,
-    Policy,
-    SimRollouts,
-    rollout_config,
-    save_episode,
-)
+from pld_ros.training.rollouts import EPISODE_SUFFIX, Episode, Policy, SimRollouts, save_episode
+from pld_ros.training.sim_episodes import SimEpisodeError, run_sim_episodes, sim_profile
 
 app = typer.Typer(
     help="Train and evaluate the simulation models (demonstrations, base policy, success classifier).",
@@ -40,8 +29,6 @@ app = typer.Typer(
 
 DEFAULT_PROFILE = "franka_pick_cube"
 DEFAULT_HOST = "127.0.0.50"
-MAX_RESTARTS = 10
-"""World restarts a command tolerates before it gives up."""
 
 ProfileOption = Annotated[str, typer.Option(help="Profile name or path; its simulated variant is used.")]
 HostOption = Annotated[str, typer.Option(help="Loopback address franky-sim binds (ports 1337, 1338).")]
@@ -50,75 +37,6 @@ HostOption = Annotated[str, typer.Option(help="Loopback address franky-sim binds
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"pld train: {message}", err=True)
     return typer.Exit(2)
-
-
-def _profile(name: str) -> tuple[Profile, FrankyArm, tuple[str, ...]]:
-    try:
-        profile = load_profile(name, sim=True)
-    except ProfileError as exc:
-        raise _fail(str(exc)) from None
-    if profile.simulation is None or profile.simulation.world != "franka_pick_cube":
-        raise _fail(f"{name}: the simulated variant does not host the franka_pick_cube world")
-    arms = [arm for arm in profile.arms.values() if isinstance(arm, FrankyArm)]
-    if len(arms) != 1 or profile.policies is None:
-        raise _fail(f"{name}: expected one Franka arm and a policies section")
-    return profile, arms[0], profile.policies.base.views
-
-
-@contextmanager
-def _rollouts(
-    profile_name: str, host: str, seed: int, success_ticks: int | None = None
-) -> Iterator[SimRollouts]:
-    profile, arm, views = _profile(profile_name)
-    config = rollout_config(profile)
-    if success_ticks is not None:
-        config = replace(config, success_ticks=success_ticks)
-    assert profile.simulation is not None and profile.policies is not None
-    world = FrankaPickCubeWorld(
-        host,
-        render_width=profile.simulation.render_width,
-        render_height=profile.simulation.render_height,
-        seed=seed,
-    )
-    try:
-        world.start()
-    except OSError as exc:
-        raise _fail(str(exc)) from None
-    try:
-        with SimRollouts(
-            world, arm, views, config, prompt=profile.policies.base.prompt, log=typer.echo
-        ) as rollouts:
-            yield rollouts
-    finally:
-        world.stop()
-
-
-def _run_episodes(
-    profile_name: str,
-    host: str,
-    seed: int,
-    seeds: list[int],
-    policy_for: Callable[[SimRollouts, int], Policy],
-    on_episode: Callable[[int, Episode], None],
-    success_ticks: int | None = None,
-    done: Callable[[], bool] = lambda: False,
-) -> None:
-    """One episode per seed until the seeds run out or ``done()``, in a world started anew when
-    the arm cannot be reset (franky-sim's arm can end up where the planner refuses every motion);
-    an episode lost that way is retried."""
-    pending = list(seeds)
-    restarts = 0
-    while pending and not done():
-        with _rollouts(profile_name, host, seed + 1000 * restarts, success_ticks) as rollouts:
-            try:
-                while pending and not done():
-                    on_episode(pending[0], rollouts.run_episode(policy_for(rollouts, pending[0]), pending[0]))
-                    pending.pop(0)
-            except ArmFault as fault:
-                restarts += 1
-                if restarts > MAX_RESTARTS:
-                    raise _fail(f"giving up after {MAX_RESTARTS} world restarts: {fault}") from None
-                typer.echo(f"the arm cannot be reset ({fault}): restarting the world")
 
 
 def expert_policy(expert: FrankaPickCubeExpert) -> Policy:
@@ -191,7 +109,10 @@ def collect_demos(
             f"{counts['success']} successes, {counts['fault']} arm faults so far"
         )
 
-    _run_episodes(profile, host, seed, todo, policy_for, store, success_ticks)
+    try:
+        run_sim_episodes(profile, host, seed, todo, policy_for, store, success_ticks)
+    except SimEpisodeError as exc:
+        raise _fail(str(exc)) from None
 
 
 def _episode_path(directory: Path, episode_seed: int) -> Path:
@@ -212,10 +133,10 @@ def evaluate(
     """Run an ONNX base policy in the simulated world and print its success rate."""
     from pld_ros.policies.onnx_policy import OnnxPolicy
 
-    _, _, views = _profile(profile)
     try:
+        _, _, views = sim_profile(profile)
         model = OnnxPolicy(policy, views, providers=["CPUExecutionProvider"])
-    except (OSError, ValueError) as exc:
+    except (SimEpisodeError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from None
     results: list[bool] = []
     faults = 0
@@ -237,15 +158,18 @@ def evaluate(
 
     # An episode cut short by an arm fault is replaced by one more seed, up to as many again.
     seeds = [seed + i for i in range(2 * episodes)]
-    _run_episodes(
-        profile,
-        host,
-        seed,
-        seeds,
-        lambda _r, _s: first_action(model.infer),
-        score,
-        done=lambda: len(results) >= episodes,
-    )
+    try:
+        run_sim_episodes(
+            profile,
+            host,
+            seed,
+            seeds,
+            lambda _r, _s: first_action(model.infer),
+            score,
+            done=lambda: len(results) >= episodes,
+        )
+    except SimEpisodeError as exc:
+        raise _fail(str(exc)) from None
     counted = len(results)
     typer.echo(
         f"success rate: {sum(results)}/{counted} = {sum(results) / max(counted, 1):.1%}"
@@ -300,11 +224,11 @@ def sim_classifier(
     from pld_ros.training.reward_dataset import labelled_rollout, privileged_heads
     from pld_ros.training.rollouts import episode_files, load_episode
 
-    loaded, _, _ = _profile(profile)
     config = RewardTrainingConfig(seed=seed)
     if epochs is not None:
         config = config.with_updates(epochs=epochs)
     try:
+        loaded, _, _ = sim_profile(profile)
         heads, final_head = privileged_heads(loaded)
         assert loaded.reward is not None  # privileged_heads checked it
         episodes = []
@@ -322,7 +246,7 @@ def sim_classifier(
         if not episodes:
             raise ValueError(f"no episodes in {', '.join(map(str, demos))}")
         result = train_reward_classifier(episodes, config, log=typer.echo)
-    except ValueError as exc:
+    except (SimEpisodeError, ValueError) as exc:
         raise _fail(str(exc)) from None
     export_reward_model(result, out)
     typer.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), thresholds {list(result.thresholds)}")

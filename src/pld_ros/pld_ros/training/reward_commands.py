@@ -22,13 +22,7 @@ from typing import Annotated
 import typer
 
 from pld_ros.sim.franka_pick_cube_expert import ExpertConfig, FrankaPickCubeExpert
-from pld_ros.training.commands import (
-    _fail,
-    _profile,
-    _run_episodes,
-    expert_policy,
-    first_action,
-)
+from pld_ros.training.commands import expert_policy, first_action
 from pld_ros.training.reward_dataset import (
     episode_path,
     labelled_rollout,
@@ -36,6 +30,7 @@ from pld_ros.training.reward_dataset import (
     save_labelled_episode,
 )
 from pld_ros.training.rollouts import Episode, Policy, SimRollouts
+from pld_ros.training.sim_episodes import SimEpisodeError, run_sim_episodes, sim_profile
 
 app = typer.Typer(
     help="Reward classifier: collect labelled frames, train with hard-negative mining, evaluate.",
@@ -50,6 +45,11 @@ EXPERT = ExpertConfig(translation_noise=0.002, rotation_noise=0.01, grasp_offset
 """The ``expert`` policy of ``collect``: the noisy scripted expert of ``scripts/train_sim_models.sh``
 (2 mm and 0.01 rad of noise per tick, a 4 mm grasp offset per episode), which usually succeeds:
 most positive frames, and the frames of a grasp about to lift."""
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"pld reward: {message}", err=True)
+    return typer.Exit(2)
 
 
 def _policy_label(policy: str) -> str:
@@ -89,12 +89,12 @@ def collect(
 
     Episode ids are ``<policy>-<seed>``; ids already in OUT are skipped, so an interrupted
     collection resumes where it stopped."""
-    loaded, _, views = _profile(profile)
-    assert loaded.policies is not None  # _profile checked it
     try:
+        loaded, _, views = sim_profile(profile)
         heads, final_head = privileged_heads(loaded)
-    except ValueError as exc:
+    except (SimEpisodeError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    assert loaded.policies is not None  # sim_profile checked it
     assert loaded.reward is not None  # privileged_heads checked it
     if tuple(loaded.reward.views) != views:
         # The rollouts render the base policy's views; the classifier must see the same ones.
@@ -150,7 +150,10 @@ def collect(
             + f"; {counts['frames']} frames, {counts['positives']} positive so far"
         )
 
-    _run_episodes(profile, host, seed, todo, policy_for, store, success_ticks)
+    try:
+        run_sim_episodes(profile, host, seed, todo, policy_for, store, success_ticks)
+    except SimEpisodeError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
