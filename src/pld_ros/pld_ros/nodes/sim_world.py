@@ -12,8 +12,8 @@ Every world also serves ``sim/reset_scene`` and reports on /diagnostics (``pld/s
   i2rt sim robot) and publishes ``sim/stage_success`` (one privileged score per classifier head)
   at the control rate and ``stage/failure`` (std_msgs/String, the reason: the supervisor's failure
   detector input) whenever the card is lost;
-  ``sim/inject_fault`` drops or knocks the card, or stalls the stand-in policy. It can also stand in for the base VLA: its
-  scripted expert answers openpi requests on the port of ``policies.base.uri`` (see
+  ``sim/inject_fault`` drops or knocks the card, or stalls the stand-in policy. It can also stand
+  in for the base VLA: its scripted expert answers openpi requests on the port of ``policies.base.uri`` (see
   :func:`serves_base_policy` for when, :mod:`pld_ros.sim.yam_gpu_insertion_session` for how).
 """
 
