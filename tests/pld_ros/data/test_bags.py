@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, ReaderError
+from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from pld_ros.core.episode import Outcome, Phase, RunMode
 from pld_ros.data.bags import (
@@ -31,6 +32,7 @@ from pld_ros.data.bags import (
     EpisodeMetadata,
     PhaseMark,
     bag_info,
+    pld_msgs_directory,
     typestore,
 )
 
@@ -434,3 +436,60 @@ def test_invalid_episode_metadata_is_reported_not_fatal(tmp_path: Path) -> None:
     )
     info = bag_info(path)
     assert info.complete and info.metadata is None and "invalid episode metadata" in info.problems[0]
+
+
+@pytest.mark.parametrize("closed", [True, False], ids=["closed", "cut"])
+def test_a_bag_recorded_before_a_message_changed_reads_with_its_own_definition(
+    tmp_path: Path, closed: bool
+) -> None:
+    """EpisodeEvent gained ``stage``; a bag recorded with the definition before it still reads."""
+    current = typestore()
+    event_type = "pld_msgs/msg/EpisodeEvent"
+    old_definition = "\n".join(
+        line
+        for line in (pld_msgs_directory() / "EpisodeEvent.msg").read_text().splitlines()
+        if not line.startswith("string stage")
+    )
+    old = get_typestore(Stores.ROS2_JAZZY)
+    old.register(
+        {
+            name: fields
+            for name, fields in current.fielddefs.items()
+            if name.startswith("pld_msgs/") and name != event_type
+        }
+        | get_types_from_msg(old_definition, event_type)
+    )
+    assert old.fielddefs[event_type][1][-1][0] == "reason", "the definition before stage"
+    stamp = old.types["builtin_interfaces/msg/Time"](sec=1, nanosec=0)
+    value = old.types[event_type](
+        header=old.types["std_msgs/msg/Header"](stamp=stamp, frame_id=""),
+        robot_id="rig",
+        episode_id=7,
+        event=2,
+        phase=old.types["pld_msgs/msg/EpisodePhase"](value=4),
+        outcome=old.types["pld_msgs/msg/EpisodeOutcome"](value=1),
+        mode=old.types["pld_msgs/msg/RunMode"](value=1),
+        step=40,
+        probe_steps=3,
+        reason="success",
+    )
+    path = tmp_path / "old"
+    with BagWriter(path, store=old) as writer:
+        writer.add_topic("/episode/events", event_type)
+        writer.write("/episode/events", 1_000_000_000, bytes(old.serialize_cdr(value, event_type)))
+    if not closed:
+        [file] = path.glob("*.mcap")
+        data = file.read_bytes()
+        file.write_bytes(data[: int(len(data) * 0.95)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BagWarning)
+        reader = BagReader(path)
+    [raw] = list(reader.messages())
+    with pytest.raises(Exception):  # noqa: B017, PT011 - today's definition cannot read it
+        current.deserialize_cdr(raw.data, event_type)
+    event: Any = reader.typestore.deserialize_cdr(raw.data, event_type)
+    assert (event.episode_id, event.step, event.reason, event.outcome.value) == (7, 40, "success", 1)
+    # A bag recorded with today's definitions reads with today's store itself.
+    with BagWriter(tmp_path / "new") as writer:
+        writer.add_topic("/episode/events", event_type)
+    assert BagReader(tmp_path / "new").typestore is current

@@ -76,6 +76,7 @@ def event(
     phase: Phase,
     outcome: Outcome = Outcome.NONE,
     robot: str = "rig",
+    stage: str = "",
 ) -> bytes:
     """An EpisodeEvent as the supervisor publishes it (stamped ``stamp_ns``)."""
     value = message(
@@ -90,7 +91,7 @@ def event(
         step=episode,
         probe_steps=3,
         reason=outcome.name.lower() if outcome is not Outcome.NONE else "",
-        stage="",
+        stage=stage,
     )
     return serialize(EVENT_TYPE, value)
 
@@ -249,6 +250,36 @@ def test_the_newest_frames_from_between_episodes_open_the_next_bag(tmp_path: Pat
     # Written: frames 2, 3, 4 (twice: both bags), the action and three events; skipped: frames 0
     # and 1, the old action and the state.
     assert (status.received, status.written, status.skipped) == (11, 8, 4)
+
+
+def test_an_episode_of_one_stage_carries_the_stage_and_its_prompt(tmp_path: Path, clock: Clock) -> None:
+    recorder = BagRecorder(
+        tmp_path,
+        IDENTITY,
+        Log(),
+        events_topic=EVENTS,
+        stage_prompts={"press": "press the GPU into slot 3"},
+        end_grace=0.0,
+        not_before_ns=T0,
+        clock=clock,
+    )
+    for name, msgtype in ((EVENTS, EVENT_TYPE), (STATE, STRING)):
+        recorder.add_topic(RecordedTopic(name, msgtype))
+    recorder.start()
+    for episode, stage in ((1, "press"), (2, "insert")):
+        start = T0 + episode * 100 * MS
+        recorder.put(EVENTS, start, event(EventKind.STARTED, episode, start, Phase.PROBING, stage=stage))
+        recorder.put(STATE, start + MS, state(episode))
+        end = start + 2 * MS
+        recorder.put(
+            EVENTS, end, event(EventKind.ENDED, episode, end, Phase.DONE, Outcome.SUCCESS, stage=stage)
+        )
+    assert recorder.stop()
+    metas = [bag_info(path).metadata for path in sorted(tmp_path.iterdir())]
+    assert [(m.stage, m.prompt) for m in metas if m is not None] == [
+        ("press", "press the GPU into slot 3"),
+        ("insert", "pick up the cube"),  # a stage without a prompt of its own: the policy's
+    ]
 
 
 def test_history_and_other_robots_events_split_nothing(recorder: BagRecorder, tmp_path: Path) -> None:

@@ -370,8 +370,9 @@ class BagEpisodes:
         if fps is not None and not fps > 0.0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.max_camera_age = max_camera_age
-        self._store = typestore()
-        self._reader = BagReader(path, store=self._store)
+        self._reader = BagReader(path, store=typestore())
+        # The bag's own definitions: a bag recorded before one of our messages changed still reads.
+        self._store = self._reader.typestore
         self.metadata: EpisodeMetadata | None = self._reader.metadata
         """The bag's episode metadata (the last metadata message), if any."""
         recorded = self.metadata.control_rate if self.metadata is not None else None

@@ -203,6 +203,9 @@ class EpisodeMetadata:
     control_rate: float | None = None
     """Hz: the control ticks' rate (the profile's ``supervisor.control_rate``); None in bags recorded
     before the recorder stored it."""
+    stage: str = ""
+    """The stage the episode worked on (``EpisodeEvent.stage``; an episode per stage attempt with
+    ``supervisor.episode_scope: stage``); "" when unknown."""
 
     def to_json(self) -> str:
         def name(value: RunMode | Outcome | None) -> str | None:
@@ -224,6 +227,7 @@ class EpisodeMetadata:
                 ],
                 "policy_versions": dict(self.policy_versions),
                 "control_rate": self.control_rate,
+                "stage": self.stage,
             },
             sort_keys=True,
         )
@@ -257,6 +261,7 @@ class EpisodeMetadata:
                 phases=phases,
                 policy_versions={str(k): str(v) for k, v in dict(data.get("policy_versions", {})).items()},
                 control_rate=rate,
+                stage=str(data.get("stage", "")),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise BagError(f"{source}: invalid episode metadata ({type(exc).__name__}: {exc})") from None
@@ -478,6 +483,16 @@ def _string(buffer: memoryview, pos: int) -> tuple[str, int]:
     return bytes(buffer[pos + 4 : end]).decode(), end
 
 
+def _schema(record: memoryview) -> tuple[int, str, str | None]:
+    """A schema record's id, message type and ROS 2 message definition (None in another
+    encoding): the definition the bag was recorded with."""
+    (schema_id,) = _U16.unpack_from(record, 0)
+    name, pos = _string(record, 2)
+    encoding, pos = _string(record, pos)
+    text, _ = _string(record, pos)
+    return schema_id, name, text if encoding == "ros2msg" else None
+
+
 def _records(buffer: memoryview) -> Iterator[tuple[int, memoryview]]:
     """The records of a chunk's content: (opcode, content)."""
     pos = 0
@@ -543,6 +558,8 @@ class _Summary:
 
     schemas: dict[int, str]
     """Schema id -> message type."""
+    definitions: dict[str, str]
+    """Message type -> the ROS 2 message definition it was recorded with."""
     channels: dict[int, _Channel]
     counts: dict[int, int]
     """Channel id -> messages."""
@@ -589,13 +606,16 @@ def _read_summary(stream: IO[bytes], size: int) -> _Summary | None:
 def _parse_summary(data: memoryview, summary_start: int) -> _Summary:
     """The summary section's records; :class:`_Corrupt` if they do not describe a data section."""
     schemas: dict[int, str] = {}
+    definitions: dict[str, str] = {}
     channels: dict[int, _Channel] = {}
     chunks: list[_ChunkIndex] = []
     statistics: list[tuple[int, int, dict[int, int]]] = []  # message count, chunk count, channel counts
     for opcode, record in _records(data):
         if opcode == _OP_SCHEMA:
-            (schema_id,) = _U16.unpack_from(record, 0)
-            schemas[schema_id], _ = _string(record, 2)
+            schema_id, name, text = _schema(record)
+            schemas[schema_id] = name
+            if text is not None:
+                definitions[name] = text
         elif opcode == _OP_CHANNEL:
             channel_id, schema_id = struct.unpack_from("<HH", record, 0)
             topic, _ = _string(record, 4)
@@ -623,7 +643,7 @@ def _parse_summary(data: memoryview, summary_start: int) -> _Summary:
         raise _Corrupt("a chunk holds messages of a channel the summary does not define")
     if any(count and cid not in listed for cid, count in counts.items()):
         raise _Corrupt("messages of a channel no chunk's message index lists")
-    return _Summary(schemas, channels, counts, chunks)
+    return _Summary(schemas, definitions, channels, counts, chunks)
 
 
 def _u64_map(record: memoryview, pos: int) -> dict[int, int]:
@@ -693,6 +713,8 @@ class BagReader:
         self.files = _storage_files(path)
         # Schema names and channels by (file index, id): ids are per file.
         self._schemas: dict[tuple[int, int], str] = {}
+        self._definitions: dict[str, str] = {}
+        self._own_store: Typestore | None = None
         self._channels: dict[tuple[int, int], _Channel] = {}
         self._segments: list[_Segment] = []
         self._counts: dict[str, int] = {}
@@ -710,6 +732,34 @@ class BagReader:
         self.problems.append(text)
         self.complete = False
         warnings.warn(text, BagWarning, stacklevel=3)
+
+    @property
+    def typestore(self) -> Typestore:
+        """The types to read this bag's messages with: pld_msgs' types as the bag recorded them.
+
+        A bag recorded before one of our messages changed (a field added) keeps its old
+        definition in its schemas; reading it with today's would fail. Standard ROS types are
+        today's store's (they do not change within a distribution)."""
+        if self._own_store is None:
+            self._own_store = self._store
+            changed = {
+                name: text
+                for name, text in self._definitions.items()
+                if name.startswith("pld_msgs/")
+                and name in self._store.fielddefs
+                and text != self._store.generate_msgdef(name, ros_version=2)[0]
+            }
+            if changed:
+                store = get_typestore(Stores.ROS2_JAZZY)
+                types: dict[str, Any] = {}
+                for name, text in changed.items():
+                    types.update(get_types_from_msg(text, name))
+                for name in self._store.fielddefs:
+                    if name.startswith("pld_msgs/") and name not in types:
+                        types[name] = self._store.fielddefs[name]
+                store.register(types)
+                self._own_store = store
+        return self._own_store
 
     @property
     def topics(self) -> tuple[TopicInfo, ...]:
@@ -750,6 +800,7 @@ class BagReader:
     def _index_summary(self, index: int, file: Path, stream: IO[bytes], summary: _Summary) -> None:
         for schema_id, name in summary.schemas.items():
             self._schemas[(index, schema_id)] = name
+        self._definitions.update(summary.definitions)
         for channel_id, channel in summary.channels.items():
             self._channels[(index, channel_id)] = channel
             self._types.setdefault(channel.topic, channel.msgtype)
@@ -854,9 +905,10 @@ class BagReader:
 
     def _index_inner(self, index: int, opcode: int, record: memoryview, segment: _Segment | None) -> None:
         if opcode == _OP_SCHEMA:
-            (schema_id,) = _U16.unpack_from(record, 0)
-            name, _ = _string(record, 2)
+            schema_id, name, text = _schema(record)
             self._schemas[(index, schema_id)] = name
+            if text is not None:
+                self._definitions[name] = text
         elif opcode == _OP_CHANNEL:
             channel_id, schema_id = struct.unpack_from("<HH", record, 0)
             topic, _ = _string(record, 4)

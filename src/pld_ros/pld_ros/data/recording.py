@@ -214,6 +214,8 @@ class BagRecorder:
     """Writes what :meth:`put` receives into bags, from a thread of its own (see the module docstring).
 
     ``identity``: the robot, profile, prompt and control rate every bag's metadata starts from.
+    ``stage_prompts``: stage -> the prompt the base policy gets in it, for episodes of one stage
+    (the identity's prompt for any other).
     ``events_topic``: the fully qualified name of the supervisor's episode events. ``preroll_age``:
     s, see :data:`PREROLL_AGE`. ``not_before_ns``: events stamped earlier are history. ``clock``:
     ns since the epoch, the same clock as the stamps given to :meth:`put` (for the end grace when no
@@ -233,6 +235,7 @@ class BagRecorder:
         chunk_period: float = CHUNK_PERIOD,
         end_grace: float = END_GRACE,
         preroll_age: float = PREROLL_AGE,
+        stage_prompts: Mapping[str, str] | None = None,
         not_before_ns: int | None = None,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
@@ -243,6 +246,7 @@ class BagRecorder:
             )
         self.directory = directory
         self.identity = identity
+        self.stage_prompts = dict(stage_prompts or {})
         self.log = log
         self.events_topic = events_topic
         self.split = split
@@ -397,8 +401,11 @@ class BagRecorder:
         mark = PhaseMark(Phase(event.phase.value), int(event.step), message.stamp_ns)
         if kind is EventKind.STARTED:
             self._close("the next episode started before this one's ENDED event")
+            stage = str(event.stage)
             meta = replace(
                 self.identity,
+                prompt=self.stage_prompts.get(stage, self.identity.prompt),
+                stage=stage,
                 episode_id=episode,
                 mode=RunMode(event.mode.value),
                 probe_steps=int(event.probe_steps),

@@ -124,6 +124,11 @@ class RecorderNode(Node):
             queue_bytes=int(recording.queue_megabytes * 2**20),
             chunk_period=recording.chunk_period,
             end_grace=end_grace,
+            stage_prompts={
+                stage.name: stage.prompt
+                for stage in (profile.reward.stages if profile.reward else ())
+                if stage.prompt
+            },
             clock=lambda: self.get_clock().now().nanoseconds,
         )
         try:
