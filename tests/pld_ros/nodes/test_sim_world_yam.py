@@ -209,7 +209,7 @@ def test_the_yam_world_follows_the_arm_scores_stages_reports_lost_parts_and_serv
         probe.spin_until(lambda: bool(probe.failures), 5, "stage/failure")
         assert probe.failures == [response.message]
         response = probe.call(probe.inject, InjectFault.Request(fault="shake"))
-        assert not response.success and response.message == "unknown fault 'shake'; known: drop, knock"
+        assert not response.success and response.message == "unknown fault 'shake'; known: drop, knock, stall"
 
         response = probe.call(probe.reset, ResetScene.Request(randomize=False, seed=0))
         assert response.success and response.message.startswith("card home at x=0.220 y=-0.130")
