@@ -18,6 +18,7 @@ config and the state size as metadata.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -109,6 +110,10 @@ class BCConfig:
     """Hidden Linear -> LayerNorm -> tanh blocks."""
     epochs: int = 200
     """Passes over the training steps (a few thousand steps, so many passes are cheap)."""
+    gradient_steps: int | None = None
+    """None: train ``epochs`` passes. A number: exactly this many gradient steps instead, however
+    many passes that takes, so that datasets of different sizes get the same budget (the
+    distillation benchmark, ``distill.py``)."""
     batch_size: int = 256
     """Steps per gradient step."""
     learning_rate: float = 1e-3
@@ -123,6 +128,8 @@ class BCConfig:
     def __post_init__(self) -> None:
         if min(self.hidden_dim, self.num_layers, self.epochs, self.batch_size, self.threads) <= 0:
             raise ValueError("hidden_dim, num_layers, epochs, batch_size and threads must be positive")
+        if self.gradient_steps is not None and self.gradient_steps <= 0:
+            raise ValueError(f"gradient_steps must be positive, got {self.gradient_steps}")
         if self.max_demos is not None and self.max_demos <= 0:
             raise ValueError(f"max_demos must be positive, got {self.max_demos}")
         if self.learning_rate <= 0.0 or self.weight_decay < 0.0:
@@ -164,10 +171,35 @@ class BCPolicy(nn.Module):
         return result
 
 
+def _initial_model(data: Demos, config: BCConfig, init: BCPolicy | None) -> BCPolicy:
+    """A fresh policy standardizing with ``data``'s statistics, or a copy of ``init``: its weights and
+    its statistics, so that the inputs it learned on keep their meaning."""
+    model = BCPolicy(data.states.shape[1], config)
+    if init is None:
+        model.set_statistics(data.states)
+        return model
+    shape = (init.state_dim, init.config.hidden_dim, init.config.num_layers)
+    if shape != (model.state_dim, config.hidden_dim, config.num_layers):
+        raise ValueError(
+            f"cannot fine-tune a policy of (state_dim, hidden_dim, num_layers) {shape} "
+            f"with {(model.state_dim, config.hidden_dim, config.num_layers)}"
+        )
+    model.load_state_dict(init.state_dict())
+    return model
+
+
 def train_bc(
-    demos: Demos, config: BCConfig | None = None, *, log: Callable[[str], None] = lambda _: None
+    demos: Demos,
+    config: BCConfig | None = None,
+    *,
+    init: BCPolicy | None = None,
+    log: Callable[[str], None] = lambda _: None,
 ) -> tuple[BCPolicy, list[float]]:
-    """Train on the first ``config.max_demos`` successful episodes; the policy and each epoch's loss."""
+    """Train on the first ``config.max_demos`` successful episodes; the policy and each epoch's loss.
+
+    ``init``: fine-tune a copy of this policy (same architecture and state size; its input
+    statistics are kept) instead of training a fresh one. ``init`` itself is left unchanged.
+    """
     config = config or BCConfig()
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -175,8 +207,7 @@ def train_bc(
     states = torch.as_tensor(data.states)
     # The environment clips actions to [-1, 1] and the tanh head cannot leave it: regress the clipped ones.
     targets = torch.as_tensor(data.actions).clamp(-1.0, 1.0)
-    model = BCPolicy(states.shape[1], config)
-    model.set_statistics(data.states)
+    model = _initial_model(data, config, init)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -185,20 +216,28 @@ def train_bc(
     losses = []
     start = time.monotonic()
     model.train()
-    for epoch in range(config.epochs):
-        total = 0.0
+    batches = math.ceil(len(states) / config.batch_size)
+    epochs = config.epochs if config.gradient_steps is None else math.ceil(config.gradient_steps / batches)
+    budget = epochs * batches if config.gradient_steps is None else config.gradient_steps
+    updates = 0
+    for epoch in range(epochs):
+        total, seen = 0.0, 0
         order = torch.randperm(len(states), generator=generator)
-        for start_index in range(0, len(states), config.batch_size):
+        # The last pass of a gradient-step budget may stop part-way.
+        end = min(len(states), (budget - updates) * config.batch_size)
+        for start_index in range(0, end, config.batch_size):
             index = order[start_index : start_index + config.batch_size]
             loss = functional.mse_loss(model(states[index]), targets[index])
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             optimizer.step()
             total += loss.item() * len(index)
-        losses.append(total / len(states))
-        if (epoch + 1) % max(1, config.epochs // 10) == 0:
+            seen += len(index)
+            updates += 1
+        losses.append(total / seen)
+        if (epoch + 1) % max(1, epochs // 10) == 0:
             seconds = time.monotonic() - start
-            log(f"epoch {epoch + 1}/{config.epochs}: loss {losses[-1]:.4f} ({seconds:.0f} s)")
+            log(f"epoch {epoch + 1}/{epochs}: loss {losses[-1]:.4f} ({seconds:.0f} s)")
     model.eval()
     return model, losses
 

@@ -40,7 +40,7 @@ from pld_ros.learning.learner import Learner
 from pld_ros.models.residual_actor import ResidualActorConfig
 from pld_ros.profile import Trainer
 
-from .bc import load_policy
+from .bc import BCPolicy, load_policy
 from .env import STATE_DIM, LiftConfig, LiftEnv
 from .rollout import ActFn, evaluate, executing_base, run_episode
 from .run import BASE_POLICY, EVAL_SEED, OUT
@@ -81,7 +81,7 @@ class RunConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
-def _residual_policy(
+def residual_policy(
     learner: Learner,
     base: Callable[[Float32Array, int], Float32Array],
     xi: float,
@@ -90,7 +90,8 @@ def _residual_policy(
     residuals: list[Float32Array] | None = None,
 ) -> ActFn:
     """Execute ``base + xi * residual``; the learner sees ``learner_state(state)``; the residuals
-    drawn are appended to ``residuals``."""
+    drawn are appended to ``residuals``. Also the acting function of a trained specialist
+    (``distill.py``)."""
 
     def act(state: Float32Array, t: int) -> tuple[Float32Array, Float32Array]:
         base_action = base(state, t)
@@ -100,6 +101,20 @@ def _residual_policy(
         return base_action, np.clip(base_action + xi * residual, -1.0, 1.0).astype(np.float32)
 
     return act
+
+
+def standardizer(bc: BCPolicy, enabled: bool) -> Callable[[Float32Array], Float32Array]:
+    """What the learner sees of a state: standardized with ``bc``'s statistics when ``enabled``
+    (see :attr:`RunConfig.standardize_state`), else the state as it is."""
+    mean, std = bc.state_mean.numpy(), bc.state_std.numpy()
+
+    def learner_state(state: Float32Array) -> Float32Array:
+        if not enabled:
+            return state
+        standardized: Float32Array = ((state - mean) / std).astype(np.float32)
+        return standardized
+
+    return learner_state
 
 
 def run(
@@ -127,14 +142,7 @@ def run(
             "wall_seconds": time.perf_counter() - started,
         }
 
-    mean, std = bc.state_mean.numpy(), bc.state_std.numpy()
-
-    def learner_state(state: Float32Array) -> Float32Array:
-        if not config.standardize_state:
-            return state
-        standardized: Float32Array = ((state - mean) / std).astype(np.float32)
-        return standardized
-
+    learner_state = standardizer(bc, config.standardize_state)
     zero = np.zeros(ACTION_DIM, dtype=np.float32)
     whole_action = config.method == "rlpd"
     # RLPD without a residual: the actor's "residual" is the whole action, on a zero base.
@@ -149,7 +157,7 @@ def run(
 
     def evaluation() -> None:
         result = evaluate(
-            _residual_policy(learner, base, xi, True, learner_state), env, config.eval_episodes, EVAL_SEED
+            residual_policy(learner, base, xi, True, learner_state), env, config.eval_episodes, EVAL_SEED
         )
         curve.append({"steps": steps, "success_rate": result.success_rate, "updates": learner.sac.updates})
         updates = learner.sac.updates
@@ -168,7 +176,7 @@ def run(
             bases = np.zeros_like(executed) if whole_action else record.base_actions
         else:
             drawn: list[Float32Array] = []
-            record = run_episode(env, _residual_policy(learner, base, xi, False, learner_state, drawn), seed)
+            record = run_episode(env, residual_policy(learner, base, xi, False, learner_state, drawn), seed)
             residual, bases = np.asarray(drawn, dtype=np.float32), record.base_actions
         final_base = base(record.next_states[-1], record.length)
         learner.add(
