@@ -43,6 +43,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("out/yam_graph_soak"))
     args = parser.parse_args()
+    # Absolute: the profile resolves relative paths against its own directory.
+    args.out = args.out.resolve()
 
     if args.out.exists():
         shutil.rmtree(args.out)
