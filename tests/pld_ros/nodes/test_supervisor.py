@@ -162,6 +162,18 @@ def overlay(tmp_path: Path, autostart: bool = True) -> Path:
     return path
 
 
+def stop(processes: tuple[Watched, ...]) -> None:
+    """SIGINT every process still running, then wait for each (killing one that hangs)."""
+    for process in processes:
+        if process.process.poll() is None:
+            process.process.send_signal(signal.SIGINT)
+    for process in processes:
+        try:
+            process.wait_exit(timeout=10)
+        except Exception:
+            process.kill()
+
+
 def position(state: Any) -> np.ndarray:
     p = state.ee_pose.position
     return np.array([p.x, p.y, p.z])
@@ -274,14 +286,7 @@ def test_the_supervisor_resets_runs_ends_aborts_recovers_and_pauses(side: Policy
         assert on_demand.process.poll() is None, "an on-demand supervisor waits for the next goal"
         client.destroy()
     finally:
-        for process in processes:
-            if process.process.poll() is None:
-                process.process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait_exit(timeout=10)
-            except Exception:
-                process.kill()
+        stop(processes)
     for process in processes:
         assert "Traceback" not in process.output, process.output
 
@@ -354,13 +359,6 @@ def test_a_loop_of_stage_episodes_goes_on_without_resets_recovers_and_reports(
         assert "recoveries (succeeded)" in summary and "cycles completed" in summary
         assert (run_dir / LOOP_PLOT_FILE).stat().st_size > 0
     finally:
-        for process in processes:
-            if process.process.poll() is None:
-                process.process.send_signal(signal.SIGINT)
-        for process in processes:
-            try:
-                process.wait_exit(timeout=10)
-            except Exception:
-                process.kill()
+        stop(processes)
     for process in processes:
         assert "Traceback" not in process.output, process.output
