@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 import yaml
 
@@ -14,6 +15,7 @@ from pld_ros.profile import (
     parse_profile,
     resolve_profile_path,
 )
+from pld_ros.training.reward_metadata import RewardModelMetadata
 from tests.conftest import CONFIG_DIR
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -210,3 +212,97 @@ def test_profile_models_are_immutable() -> None:
     profile = Profile.model_validate(minimal())
     with pytest.raises(ValueError, match="frozen"):
         profile.name = "other"  # type: ignore[misc]
+
+
+# ---- reward: decision thresholds from the model's metadata -----------------------------------
+
+
+def reward_model(path: Path, thresholds: list[float] | None) -> Path:
+    """An ONNX file with (or without) the metadata ``pld reward train`` writes. The graph is empty:
+    loading a profile reads the metadata only."""
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "reward", [], []))
+    if thresholds is not None:
+        metadata = RewardModelMetadata(
+            views=("wrist",),
+            heads=tuple(f"head{i}" for i in range(len(thresholds))),
+            thresholds=tuple(thresholds),
+            precision_target=0.99,
+        )
+        for key, value in metadata.props().items():
+            model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def with_reward(path: Path, backend: str = "onnx", **stages: dict[str, Any]) -> dict[str, Any]:
+    data = minimal()
+    names = list(stages)
+    data["reward"] = {
+        "backend": backend,
+        "path": str(path),
+        "views": ["wrist"],
+        "stages": [
+            {"name": name, "on_success": names[i + 1] if i + 1 < len(names) else "done", **fields}
+            for i, (name, fields) in enumerate(stages.items())
+        ],
+    }
+    return data
+
+
+def test_a_stage_without_threshold_takes_the_models_own_for_its_head(tmp_path: Path) -> None:
+    model = reward_model(tmp_path / "reward.onnx", [0.73, 0.91])
+    data = with_reward(model, grasp={"head": 1}, lift={"head": 0}, hold={"head": 1, "threshold": 0.6})
+    profile = parse_profile(data, tmp_path / "p.yaml")
+    assert profile.reward is not None
+    # Per head; a given threshold overrides the model's.
+    assert [s.threshold for s in profile.reward.stages] == [0.91, 0.73, 0.6]
+
+
+def test_a_relative_model_path_is_read_relative_to_the_profile(tmp_path: Path) -> None:
+    reward_model(tmp_path / "reward.onnx", [0.8])
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(with_reward(Path("reward.onnx"), lift={})))
+    profile = load_profile(tmp_path / "p.yaml")
+    assert profile.reward is not None and profile.reward.stages[0].threshold == 0.8
+
+
+def test_given_thresholds_never_read_the_model(tmp_path: Path) -> None:
+    data = with_reward(tmp_path / "absent.onnx", lift={"threshold": 0.9})
+    profile = parse_profile(data, tmp_path / "p.yaml")
+    assert profile.reward is not None and profile.reward.stages[0].threshold == 0.9
+
+
+def test_a_model_without_thresholds_and_a_stage_without_one_is_an_error(tmp_path: Path) -> None:
+    model = reward_model(tmp_path / "plain.onnx", None)
+    message = problem(with_reward(model, lift={}))
+    assert f"reward.stages[0] (lift): no threshold, and the model {model} has none in its metadata" in message
+
+
+def test_a_missing_model_without_thresholds_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    assert f"{tmp_path / 'absent.onnx'}: no such model file" in problem(
+        with_reward(tmp_path / "absent.onnx", lift={})
+    )
+
+
+def test_a_garbage_model_file_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    model = tmp_path / "garbage.onnx"
+    model.write_bytes(b"\xff" * 64)
+    assert f"{model}: not a readable ONNX model" in problem(with_reward(model, lift={}))
+
+
+def test_a_head_the_models_metadata_does_not_cover_is_an_error(tmp_path: Path) -> None:
+    model = reward_model(tmp_path / "reward.onnx", [0.8])
+    message = problem(with_reward(model, grasp={"head": 0}, lift={"head": 1}))
+    assert "reward.stages[1] (lift): no threshold" in message and "not head 1" in message
+
+
+def test_the_torch_backend_needs_given_thresholds(tmp_path: Path) -> None:
+    message = problem(with_reward(tmp_path / "m.safetensors", "torch", lift={}))
+    assert "reward.stages[0] (lift): no threshold, and the torch backend's file" in message
+
+
+def test_the_privileged_backend_keeps_the_default_threshold(tmp_path: Path) -> None:
+    data = with_reward(tmp_path / "absent.onnx", "privileged", lift={})
+    data["reward"]["path"] = None
+    data["simulation"] = {"world": "franka_pick_cube"}
+    profile = parse_profile(data, tmp_path / "p.yaml")
+    assert profile.reward is not None and profile.reward.stages[0].threshold == 0.5

@@ -281,7 +281,10 @@ class Stage(_Section):
     head: NonNegativeInt = 0
     """Output index of the classifier that scores this stage's success."""
     threshold: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    """Success probability above which a frame counts as positive."""
+    """Success probability above which a frame counts as positive. In a profile's ``reward``
+    section it may be left out, and then the classifier's own threshold for this stage's head
+    is used (:class:`Reward`); the 0.5 default stands only where no model is involved (the
+    privileged backend's 0 or 1, a stage built in code)."""
     debounce_frames: PositiveInt = 3
     """Consecutive positive frames needed before the stage counts as done."""
     timeout: PositiveFloat = 30.0
@@ -299,7 +302,22 @@ class Stage(_Section):
 
 
 class Reward(_Section):
-    """Success classifier and the stage machine it drives."""
+    """Success classifier and the stage machine it drives.
+
+    **Decision thresholds.** A frame counts as positive for a stage when its head's probability is
+    above the stage's ``threshold``. ``pld reward train`` chooses one threshold per head on its
+    validation split and writes them into the ONNX file's metadata
+    (:class:`~pld_ros.training.reward_metadata.RewardModelMetadata`). The rule:
+
+    - a stage without ``threshold`` takes the model's threshold of its ``head``, read from
+      ``path`` when the profile is loaded, so that every node (the supervisor's stage machine
+      that applies it, the reward node that logs it) sees the same number;
+    - a stage with ``threshold`` overrides the model's; the reward node logs both;
+    - without ``threshold``, a model whose metadata holds no thresholds (or too few heads), a
+      model file that is missing or unreadable, or the ``torch`` backend (its safetensors files
+      carry no threshold) is a configuration error naming the file and the stage;
+    - the ``privileged`` backend's scores are 0 or 1: an absent threshold stays 0.5.
+    """
 
     backend: Literal["onnx", "torch", "privileged"]
     """"privileged" uses the simulator's ground truth; only valid in simulation."""
@@ -319,6 +337,46 @@ class Reward(_Section):
                 raise ValueError(f"stage {stage.name!r}: on_failure {stage.on_failure!r} is not a stage")
         if self.backend != "privileged" and self.path is None:
             raise ValueError(f"the {self.backend} backend needs 'path'")
+        return self
+
+    @model_validator(mode="after")
+    def _model_thresholds(self) -> Reward:
+        """Fill the stages' absent thresholds from the model's metadata (the rule above); after
+        the checks of the stages, which a missing model must not hide."""
+        missing = [i for i, stage in enumerate(self.stages) if "threshold" not in stage.model_fields_set]
+        if not missing or self.backend == "privileged":
+            return self
+        first = self.stages[missing[0]]
+        if self.backend == "torch":
+            raise ValueError(
+                f"reward.stages[{missing[0]}] ({first.name}): no threshold, and the torch backend's "
+                f"file {self.path} carries none: give the stage a threshold"
+            )
+        from pld_ros.training.reward_metadata import read_reward_metadata
+
+        assert self.path is not None  # _stages_connected checked it
+        where = f"reward.stages[{missing[0]}] ({first.name}): no threshold, and the model"
+        try:
+            metadata = read_reward_metadata(self.path)
+        except ValueError as exc:
+            raise ValueError(f"{where} cannot be read: {exc}") from None
+        if metadata is None:
+            raise ValueError(
+                f"{where} {self.path} has none in its metadata (not exported by pld reward train): "
+                "give the stage a threshold"
+            )
+        stages = list(self.stages)
+        for index in missing:
+            stage = stages[index]
+            if stage.head >= len(metadata.thresholds):
+                raise ValueError(
+                    f"reward.stages[{index}] ({stage.name}): no threshold, and the model {self.path} "
+                    f"has thresholds for {len(metadata.thresholds)} head(s), not head {stage.head}"
+                )
+            # In (0, 1) like a given one: RewardModelMetadata checks it.
+            stages[index] = stage.model_copy(update={"threshold": metadata.thresholds[stage.head]})
+        # The section is frozen; this is its one write, during validation, before anyone holds it.
+        object.__setattr__(self, "stages", tuple(stages))
         return self
 
 

@@ -263,7 +263,8 @@ def test_only_the_trained_stages_episodes_are_streamed_and_every_stage_is_stored
     profile = tmp_path / "replay_buffer_stages.yaml"
     stages = (
         "reward: {backend: onnx, path: reward.onnx, views: [wrist, side], stages: ["
-        "{name: insert, on_success: press}, {name: press, on_success: insert}]}\n"
+        "{name: insert, threshold: 0.5, on_success: press},"
+        " {name: press, threshold: 0.5, on_success: insert}]}\n"
     )
     text = PROFILE.format(runs=runs, episodes=episodes_dir).replace(
         "supervisor: {", "supervisor: {train_stages: [press], episode_scope: stage, "

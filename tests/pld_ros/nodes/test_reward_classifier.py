@@ -1,14 +1,17 @@
 """The reward classifier node as a real process, ticked at 20 Hz by a test rig standing in for the
 arm driver, the cameras and the simulator. The classifier is a small untrained one: what is tested
-is the plumbing (one score per tick, the model's own output, stale cameras), not its accuracy."""
+is the plumbing (one score per tick, the model's own output, stale cameras, the thresholds from
+its metadata), not its accuracy."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -27,6 +30,7 @@ from pld_ros.models.success_classifier import (
 from pld_ros.nodes.camera_publisher import SENSOR_QOS, image_message
 from pld_ros.nodes.reward_classifier import torch_classifier
 from pld_ros.nodes.runner import EXIT_CONFIG_ERROR, NodeConfigError
+from pld_ros.training.reward_metadata import RewardModelMetadata
 from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 
@@ -50,9 +54,11 @@ reward:
   path: {path}
   views: [wrist, side]
   stages:
-    - {{name: grasp, head: 0, on_success: lift}}
-    - {{name: lift, head: 1}}
+    - {{name: grasp, head: 0, on_success: lift{grasp}}}
+    - {{name: lift, head: 1{lift}}}
 """
+GIVEN = {"grasp": ", threshold: 0.5", "lift": ", threshold: 0.5"}
+"""Both stages' thresholds in the profile: needed with a model that has none in its metadata."""
 SIM = "simulation: {world: external}\n"
 CONFIG = SuccessClassifierConfig(
     encoder=ResNet10Config(widths=(8, 8, 16, 16), embedding_dim=8), num_heads=2, hidden_dim=32
@@ -128,7 +134,9 @@ def stamp_ns(scores: SuccessScores) -> int:
 def test_privileged_scores_follow_the_simulator_once_per_tick(rig: Rig, tmp_path: Path) -> None:
     probe: RosProbe = rig.probe  # type: ignore[attr-defined]
     profile = tmp_path / "reward_test.yaml"
-    profile.write_text(PROFILE.format(driver="sim", backend="privileged", path="null") + SIM)
+    profile.write_text(
+        PROFILE.format(driver="sim", backend="privileged", path="null", grasp="", lift="") + SIM
+    )
     node = start_node(profile)
     try:
         node.wait_for("reward classifier", 30.0)
@@ -151,7 +159,9 @@ def test_privileged_scores_follow_the_simulator_once_per_tick(rig: Rig, tmp_path
 def test_privileged_scores_take_a_multi_stage_worlds_values_head_by_head(rig: Rig, tmp_path: Path) -> None:
     probe: RosProbe = rig.probe  # type: ignore[attr-defined]
     profile = tmp_path / "reward_test.yaml"
-    profile.write_text(PROFILE.format(driver="sim", backend="privileged", path="null") + SIM)
+    profile.write_text(
+        PROFILE.format(driver="sim", backend="privileged", path="null", grasp="", lift="") + SIM
+    )
     node = start_node(profile)
     try:
         node.wait_for("reward classifier", 30.0)
@@ -194,7 +204,7 @@ def test_onnx_scores_are_the_models_output_and_a_stale_camera_gives_none(rig: Ri
     with torch.inference_mode():
         expected = model(images)[0].numpy()
     profile = tmp_path / "reward_test.yaml"
-    profile.write_text(PROFILE.format(driver="opencv", backend="onnx", path=path))
+    profile.write_text(PROFILE.format(driver="opencv", backend="onnx", path=path, **GIVEN))
     node = start_node(profile)
     try:
         node.wait_for("reward classifier", 30.0)
@@ -227,7 +237,7 @@ def test_a_classifier_with_too_few_heads_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "one_head.onnx"
     export_onnx(model, path, views=2, height=SIZE, width=SIZE)
     profile = tmp_path / "reward_test.yaml"
-    profile.write_text(PROFILE.format(driver="opencv", backend="onnx", path=path))
+    profile.write_text(PROFILE.format(driver="opencv", backend="onnx", path=path, **GIVEN))
     node = start_node(profile)
     assert node.wait_exit(30.0) == EXIT_CONFIG_ERROR
     assert "the stages need [1, >= 2]" in node.output
@@ -237,11 +247,11 @@ def test_torch_backend_loads_a_state_dict_with_its_config(tmp_path: Path) -> Non
     model = SuccessClassifier(CONFIG).eval()
     path = tmp_path / "classifier.safetensors"
     save_classifier(model, path)
-    classify, device = torch_classifier(path)
+    classify, device, metadata = torch_classifier(path)
     images = np.random.default_rng(0).integers(0, 256, (3, 2, SIZE, SIZE, 3), dtype=np.uint8)
     with torch.inference_mode():
         np.testing.assert_allclose(classify(images), model(torch.from_numpy(images)).numpy(), atol=1e-6)
-    assert device == "torch cpu"
+    assert device == "torch cpu" and metadata is None
 
 
 def test_torch_backend_refuses_a_pickle(tmp_path: Path) -> None:
@@ -249,3 +259,60 @@ def test_torch_backend_refuses_a_pickle(tmp_path: Path) -> None:
     torch.save(SuccessClassifier(CONFIG).state_dict(), path)
     with pytest.raises(NodeConfigError, match="only safetensors"):
         torch_classifier(path)
+
+
+def exported_with_metadata(path: Path, views: tuple[str, ...], thresholds: tuple[float, float]) -> Path:
+    """An untrained classifier exported as ``pld reward train`` exports one: thresholds and views in
+    the ONNX metadata."""
+    export_onnx(SuccessClassifier(CONFIG).eval(), path, views=2, height=SIZE, width=SIZE)
+    model = onnx.load(str(path))
+    metadata = RewardModelMetadata(
+        views=views, heads=("grasp", "lift"), thresholds=thresholds, precision_target=0.99
+    )
+    for key, value in metadata.props().items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_thresholds_are_the_models_own_unless_the_profile_overrides_them(rig: Rig, tmp_path: Path) -> None:
+    probe: RosProbe = rig.probe  # type: ignore[attr-defined]
+    path = exported_with_metadata(tmp_path / "classifier.onnx", ("wrist", "side"), (0.73, 0.81))
+    profile = tmp_path / "reward_test.yaml"
+    # grasp: none given, so the model's 0.73 for head 0; lift: the profile's 0.6 over the model's 0.81.
+    profile.write_text(
+        PROFILE.format(driver="opencv", backend="onnx", path=path, grasp="", lift=", threshold: 0.6")
+    )
+    node = start_node(profile)
+    try:
+        expected = "grasp=0.73 (model), lift=0.6 (profile, model 0.81)"
+        node.wait_for(re.escape(f"thresholds {expected}"), 30.0)
+        probe.spin_until(lambda: bool(rig.diagnostics), 5.0, f"diagnostics\n{node.output}")
+        assert rig.diagnostics["thresholds"] == expected
+        probe.spin_until(lambda: len(rig.scores) >= 3, 10.0, f"scores\n{node.output}")
+    finally:
+        stop(node)
+
+
+def test_a_model_without_thresholds_and_a_stage_without_one_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "plain.onnx"
+    export_onnx(SuccessClassifier(CONFIG).eval(), path, views=2, height=SIZE, width=SIZE)
+    profile = tmp_path / "reward_test.yaml"
+    profile.write_text(
+        PROFILE.format(driver="opencv", backend="onnx", path=path, grasp="", lift=", threshold: 0.6")
+    )
+    node = start_node(profile)
+    assert node.wait_exit(30.0) == EXIT_CONFIG_ERROR
+    assert (
+        f"reward.stages[0] (grasp): no threshold, and the model {path} has none in its metadata"
+        in node.output
+    )
+
+
+def test_a_model_trained_on_other_views_is_refused(tmp_path: Path) -> None:
+    path = exported_with_metadata(tmp_path / "classifier.onnx", ("side", "wrist"), (0.73, 0.81))
+    profile = tmp_path / "reward_test.yaml"
+    profile.write_text(PROFILE.format(driver="opencv", backend="onnx", path=path, grasp="", lift=""))
+    node = start_node(profile)
+    assert node.wait_exit(30.0) == EXIT_CONFIG_ERROR
+    assert "was trained on views ['side', 'wrist'], reward.views are ['wrist', 'side']" in node.output

@@ -7,12 +7,14 @@ import re
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
+from pld_ros.sim.franka_pick_cube import CUBE_HALF_SIZE, LIFT_THRESHOLD
 from pld_ros.training.reward_classifier import export_reward_model, train_reward_classifier
-from pld_ros.training.reward_commands import app
+from pld_ros.training.reward_commands import NEAR_MISS_HEIGHTS, app, near_miss_lift_height
 from pld_ros.training.reward_dataset import (
     POSITIVE,
     load_labelled_dataset,
@@ -91,9 +93,11 @@ def test_eval_held_out_scores_the_test_split_alone(model: Path, dataset: Path) -
     assert sum(matrix(out)) == 12 * episodes
 
 
-def test_eval_of_a_model_without_a_threshold_asks_for_one(dataset: Path, tmp_path: Path) -> None:
-    shipped = Path(__file__).resolve().parents[3] / "config" / "models" / "franka_pick_cube_reward.onnx"
-    code, _, err = run("eval", str(shipped), str(dataset))
+def test_eval_of_a_model_without_a_threshold_asks_for_one(model: Path, dataset: Path, tmp_path: Path) -> None:
+    plain = onnx.load(str(model))
+    del plain.metadata_props[:]
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    code, _, err = run("eval", str(tmp_path / "plain.onnx"), str(dataset))
     assert code == 2 and "has no threshold in its metadata: pass --threshold" in err
 
 
@@ -136,6 +140,18 @@ def test_collect_labels_simulated_frames_by_the_privileged_signal(tmp_path: Path
     # A second run finds the episode there and runs nothing.
     code, out, _ = run(*args, "--host", HOST)
     assert code == 0 and "1 episodes already in" in out
+
+
+def test_near_miss_heights_fall_in_either_band_per_seed_and_leave_out_the_success_height() -> None:
+    heights = [near_miss_lift_height(seed) for seed in range(200)]
+    assert heights == [near_miss_lift_height(seed) for seed in range(200)]  # the seed decides
+    (low_min, low_max), (high_min, high_max) = NEAR_MISS_HEIGHTS
+    low = [h for h in heights if low_min <= h <= low_max]
+    high = [h for h in heights if high_min <= h <= high_max]
+    assert len(low) + len(high) == len(heights) and 70 <= len(low) <= 130
+    # The TCP height at which the cube's centre is 4 cm up (the world's success) is in neither.
+    success = CUBE_HALF_SIZE + LIFT_THRESHOLD
+    assert low_max < success < high_min
 
 
 def test_a_profile_without_the_simulated_world_is_a_pld_reward_error(tmp_path: Path) -> None:

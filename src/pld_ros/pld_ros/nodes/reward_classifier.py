@@ -23,6 +23,15 @@ Backends (``reward.backend``):
 
 The model must have at least 1 + the largest ``head`` of the profile's stages outputs; this is
 checked at start with one inference on a blank input (which also warms the model up).
+
+Decision thresholds: the node publishes probabilities; the supervisor's stage machine applies each
+stage's threshold. A stage without one in the profile takes the model's own threshold of its head,
+which the profile reads from the ONNX metadata when it loads (:class:`~pld_ros.profile.Reward`
+has the rule), so both nodes use the same number. The node reads the metadata again from its
+own session and logs, per stage, the threshold in force and where it comes from (the model's, or
+the profile's overriding the model's X, or the profile's for a model without thresholds); the
+same goes to /diagnostics (``thresholds``). A model whose metadata names other views than
+``reward.views`` (in order) is refused: it would score images it was not trained on.
 """
 
 from __future__ import annotations
@@ -31,8 +40,9 @@ import math
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -55,6 +65,8 @@ from pld_ros.nodes.observations import ViewCache
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.onnx_runtime import inference_session
 from pld_ros.policies.weights import WeightsError, check_tensors, load_local
+from pld_ros.profile import Stage
+from pld_ros.training.reward_metadata import RewardModelMetadata
 
 Classifier = Callable[[np.ndarray], np.ndarray]
 """uint8 [B, V, H, W, 3] -> float32 [B, heads]."""
@@ -62,8 +74,17 @@ LATENCY_WINDOW = 1000
 """Ticks over which the inference-time percentiles are computed."""
 
 
-def onnx_classifier(path: Path) -> tuple[Classifier, str]:
-    """An onnxruntime session with the success classifier's I/O contract, and its provider."""
+class LoadedClassifier(NamedTuple):
+    classify: Classifier
+    device: str
+    """The onnxruntime provider, or "torch cpu"."""
+    metadata: RewardModelMetadata | None
+    """What ``pld reward train`` wrote into the model, None for a model without it."""
+
+
+def onnx_classifier(path: Path) -> LoadedClassifier:
+    """An onnxruntime session with the success classifier's I/O contract, its provider and its
+    metadata."""
     # One core: on a small robot computer the residual actor and the rest of the graph need the others.
     try:
         session = inference_session(str(path), threads=1)
@@ -77,14 +98,19 @@ def onnx_classifier(path: Path) -> tuple[Classifier, str]:
             f"the model has inputs {inputs} and outputs {outputs}"
         )
 
+    try:
+        metadata = RewardModelMetadata.from_map(session.get_modelmeta().custom_metadata_map, str(path))
+    except ValueError as exc:
+        raise NodeConfigError(f"reward.path: {exc}") from None
+
     def classify(images: np.ndarray) -> np.ndarray:
         (probabilities,) = session.run([OUTPUT_NAME], {INPUT_NAME: images})
         return np.asarray(probabilities, dtype=np.float32)
 
-    return classify, session.get_providers()[0]
+    return LoadedClassifier(classify, session.get_providers()[0], metadata)
 
 
-def torch_classifier(path: Path) -> tuple[Classifier, str]:
+def torch_classifier(path: Path) -> LoadedClassifier:
     """A :class:`SuccessClassifier` from a safetensors state dict with its config in the metadata."""
     try:
         weights = load_local(path)
@@ -101,7 +127,24 @@ def torch_classifier(path: Path) -> tuple[Classifier, str]:
         with torch.inference_mode():
             return model(torch.from_numpy(images)).numpy()
 
-    return classify, "torch cpu"
+    return LoadedClassifier(classify, "torch cpu", None)
+
+
+def threshold_sources(stages: Sequence[Stage], metadata: RewardModelMetadata | None) -> list[str]:
+    """Per stage, ``name=threshold (source)``: ``model`` when the stage's threshold is the model's
+    own for its head, ``profile, model X`` when the profile's overrides the model's X,
+    ``profile`` when the model has no threshold for the head (or there is no model)."""
+    sources = []
+    for stage in stages:
+        own = metadata.thresholds[stage.head] if metadata and stage.head < len(metadata.thresholds) else None
+        if own is None:
+            source = "profile"
+        elif own == stage.threshold:  # the very float the profile read from the same metadata
+            source = "model"
+        else:
+            source = f"profile, model {own:g}"
+        sources.append(f"{stage.name}={stage.threshold:g} ({source})")
+    return sources
 
 
 def to_time(stamp: float) -> Time:
@@ -134,6 +177,7 @@ class RewardClassifierNode(Node):
         self._scores_pub = self.create_publisher(SuccessScores, "reward/scores", 10)
         self._diag_pub = diagnostics_publisher(self)
 
+        metadata = None
         if reward.backend == "privileged":
             self.device = "simulator"
             self.create_subscription(Bool, "sim/success", self._on_success, 10)
@@ -142,7 +186,12 @@ class RewardClassifierNode(Node):
             assert reward.path is not None  # the profile requires it for these backends
             cameras = [profile.cameras[view] for view in reward.views]
             loader = onnx_classifier if reward.backend == "onnx" else torch_classifier
-            self._classify, self.device = loader(reward.path)
+            self._classify, self.device, metadata = loader(reward.path)
+            if metadata is not None and metadata.views != tuple(reward.views):
+                raise NodeConfigError(
+                    f"reward.path: {reward.path} was trained on views {list(metadata.views)}, "
+                    f"reward.views are {list(reward.views)}"
+                )
             height, width = cameras[0].policy_view.height, cameras[0].policy_view.width
             self._check_heads(np.zeros((1, len(cameras), height, width, 3), np.uint8))
             self.views = ViewCache(
@@ -154,8 +203,10 @@ class RewardClassifierNode(Node):
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_timer(1.0, self._publish_diagnostics)
         start_heartbeat(self)
+        self.thresholds = ", ".join(threshold_sources(reward.stages, metadata))
         self.get_logger().info(
-            f"reward classifier ({reward.backend}, {self.device}) on {arm}/state, {self.num_heads} head(s)"
+            f"reward classifier ({reward.backend}, {self.device}) on {arm}/state, {self.num_heads} "
+            f"head(s); thresholds {self.thresholds}"
         )
 
     def _check_heads(self, blank: np.ndarray) -> None:
@@ -239,6 +290,7 @@ class RewardClassifierNode(Node):
             "backend": self.backend,
             "device": self.device,
             "heads": self.num_heads,
+            "thresholds": self.thresholds,
             "inference_p50_ms": f"{np.percentile(times, 50) * 1e3:.2f}",
             "inference_p99_ms": f"{np.percentile(times, 99) * 1e3:.2f}",
             "stale_reason": self._last_stale,

@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
@@ -66,6 +66,7 @@ from pld_ros.training.reward_dataset import (
     disagreement,
     guard_boundaries,
 )
+from pld_ros.training.reward_metadata import RewardModelMetadata
 from pld_ros.training.sim_base_policy import batches
 
 Log = Callable[[str], None]
@@ -586,71 +587,6 @@ def train_reward_classifier(
 # ---- the model file ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RewardModelMetadata:
-    """What :func:`export_reward_model` stores in the ONNX file's metadata (``metadata_props``,
-    string values, JSON where structured) besides the I/O contract."""
-
-    views: tuple[str, ...]
-    """Input views in order (key ``views``)."""
-    heads: tuple[str, ...]
-    """Output heads in order (key ``heads``)."""
-    thresholds: tuple[float, ...]
-    """Operating threshold per head: a frame counts as positive above it (key ``thresholds``)."""
-    precision_target: float
-    """The validation precision the thresholds were chosen for (key ``precision_target``)."""
-    boundary_ticks: int = 0
-    """Frames at each label change the training left out (key ``boundary_ticks``)."""
-    held_out_episodes: tuple[str, ...] = ()
-    """The test split's episode ids (key ``held_out_episodes``): ``pld reward eval --held-out``
-    scores these alone."""
-    training: str = ""
-    """JSON summary of the split and the rounds (key ``training``), for the record."""
-
-    def props(self) -> dict[str, str]:
-        return {
-            "views": json.dumps(list(self.views)),
-            "heads": json.dumps(list(self.heads)),
-            "thresholds": json.dumps(list(self.thresholds)),
-            "precision_target": json.dumps(self.precision_target),
-            "boundary_ticks": json.dumps(self.boundary_ticks),
-            "held_out_episodes": json.dumps(list(self.held_out_episodes)),
-            "training": self.training,
-        }
-
-    @staticmethod
-    def from_props(props: Mapping[str, str], source: str) -> RewardModelMetadata:
-        """Parse the metadata of ``source`` (a file name, for errors); ValueError naming the key."""
-        values: dict[str, object] = {}
-        for key in ("views", "heads", "thresholds", "precision_target"):
-            if key not in props:
-                raise ValueError(
-                    f"{source}: no {key!r} in the model's metadata (not written by pld reward train)"
-                )
-            try:
-                values[key] = json.loads(props[key])
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{source}: metadata {key!r} is not JSON: {exc}") from exc
-        try:
-            held_out = json.loads(props.get("held_out_episodes", "[]"))
-            metadata = RewardModelMetadata(
-                views=tuple(str(v) for v in values["views"]),  # type: ignore[attr-defined]
-                heads=tuple(str(h) for h in values["heads"]),  # type: ignore[attr-defined]
-                thresholds=tuple(float(t) for t in values["thresholds"]),  # type: ignore[attr-defined]
-                precision_target=float(values["precision_target"]),  # type: ignore[arg-type]
-                boundary_ticks=int(json.loads(props.get("boundary_ticks", "0"))),
-                held_out_episodes=tuple(str(e) for e in held_out),
-                training=props.get("training", ""),
-            )
-        except (TypeError, ValueError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{source}: malformed reward-model metadata: {exc}") from exc
-        if len(metadata.thresholds) != len(metadata.heads):
-            raise ValueError(
-                f"{source}: {len(metadata.thresholds)} thresholds for {len(metadata.heads)} heads"
-            )
-        return metadata
-
-
 def _training_summary(result: TrainingResult) -> str:
     return json.dumps(
         {
@@ -735,8 +671,9 @@ class OnnxRewardModel:
             )
         self.input_shape = tuple(self._session.get_inputs()[0].shape[1:])
         """``(V, H, W, 3)`` the model was exported for."""
-        props = self._session.get_modelmeta().custom_metadata_map
-        self.metadata = RewardModelMetadata.from_props(props, str(path)) if "thresholds" in props else None
+        self.metadata = RewardModelMetadata.from_map(
+            self._session.get_modelmeta().custom_metadata_map, str(path)
+        )
         self.path = path
 
     def probabilities(self, views: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

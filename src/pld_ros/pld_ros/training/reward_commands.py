@@ -2,7 +2,7 @@
 
 Mounted by the main CLI as ``pld reward``; until then ``python -m pld_ros.training.reward_commands``.
 
-- ``collect PROFILE --episodes N --out DIR [--policy expert|base|FILE.onnx]``: run simulated
+- ``collect PROFILE --episodes N --out DIR [--policy expert|near-miss|base|FILE.onnx]``: run simulated
   episodes (the profile's simulated world in this process, as ``pld train``) and store every frame
   labelled by the simulator's privileged success signal (:mod:`pld_ros.training.reward_dataset`).
 - ``train DATA... --out MODEL``: train with an episode-wise split and hard-negative mining, choose
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from pld_ros.sim.franka_pick_cube_expert import ExpertConfig, FrankaPickCubeExpert
@@ -45,6 +47,23 @@ EXPERT = ExpertConfig(translation_noise=0.002, rotation_noise=0.01, grasp_offset
 """The ``expert`` policy of ``collect``: the noisy scripted expert of ``scripts/train_sim_models.sh``
 (2 mm and 0.01 rad of noise per tick, a 4 mm grasp offset per episode), which usually succeeds:
 most positive frames, and the frames of a grasp about to lift."""
+NEAR_MISS_HEIGHTS = ((0.040, 0.055), (0.072, 0.095))
+"""TCP heights (m above the table) the ``near-miss`` expert lifts the cube to and holds it at, one
+drawn per episode, uniformly from either band with equal odds. The fingers close with the TCP at
+most ``ExpertConfig.grasp_tolerance`` (8 mm) above the cube's centre, so the cube rises about
+1.2-3.5 cm (below the world's 4 cm success lift: a grasped cube hovering, the negatives that look
+most like success) or 4.4-7.5 cm (low positives; the plain expert lifts to 13 cm). The band around
+the 4 cm mark itself is left out: there the label is the lift to the millimetre, which a 128 px
+view does not show."""
+
+
+def near_miss_lift_height(seed: int) -> float:
+    """The ``near-miss`` expert's lift height in the episode of ``seed``
+    (:data:`NEAR_MISS_HEIGHTS`), from a generator of its own: the expert's noise stays that of
+    ``seed``."""
+    rng = np.random.default_rng((seed, 1))
+    band = NEAR_MISS_HEIGHTS[int(rng.integers(len(NEAR_MISS_HEIGHTS)))]
+    return float(rng.uniform(*band))
 
 
 def _fail(message: str) -> typer.Exit:
@@ -53,7 +72,7 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _policy_label(policy: str) -> str:
-    if policy in ("expert", "base"):
+    if policy in ("expert", "near-miss", "base"):
         return policy
     # An ONNX file: its name, made fit for an episode id.
     return re.sub(r"[^A-Za-z0-9_.-]", "_", Path(policy).stem).lstrip(".") or "policy"
@@ -67,9 +86,10 @@ def collect(
     policy: Annotated[
         str,
         typer.Option(
-            help="Who acts: 'expert' (the noisy scripted expert: mostly successes), 'base' (the "
-            "profile's base policy: failures, near misses), or an ONNX policy file with the "
-            "sim_base_policy contract."
+            help="Who acts: 'expert' (the noisy scripted expert: mostly successes), 'near-miss' "
+            "(the same expert holding the cube just below or just above the success height), "
+            "'base' (the profile's base policy: failures, near misses), or an ONNX policy file "
+            "with the sim_base_policy contract."
         ),
     ] = "expert",
     seed: Annotated[int, typer.Option(min=0, help="Episode i uses cube layout and noise seed seed + i.")] = 0,
@@ -107,10 +127,16 @@ def collect(
     if len(todo) < episodes:
         typer.echo(f"{episodes - len(todo)} episodes already in {out}, skipped")
 
-    if policy == "expert":
+    lift_heights: dict[int, float] = {}
+    """The near-miss expert's lift height by episode seed, kept in the episode's info."""
+    if policy in ("expert", "near-miss"):
 
         def policy_for(rollouts: SimRollouts, episode_seed: int) -> Policy:
-            return expert_policy(FrankaPickCubeExpert(rollouts.world.cube_pose, EXPERT, seed=episode_seed))
+            config = EXPERT
+            if policy == "near-miss":
+                lift_heights[episode_seed] = near_miss_lift_height(episode_seed)
+                config = replace(EXPERT, lift_height=lift_heights[episode_seed])
+            return expert_policy(FrankaPickCubeExpert(rollouts.world.cube_pose, config, seed=episode_seed))
 
     else:
         from pld_ros.policies.onnx_policy import OnnxPolicy
@@ -136,7 +162,8 @@ def collect(
             heads,
             final_head,
             period,
-            {"profile": loaded.name, "policy": policy},
+            {"profile": loaded.name, "policy": policy}
+            | ({"lift_height": lift_heights[episode_seed]} if episode_seed in lift_heights else {}),
         )
         save_labelled_episode(labelled, out)
         counts["done"] += 1
