@@ -12,6 +12,7 @@ from pld_ros import __version__
 from pld_ros.collection import write_collection_profile
 from pld_ros.core.episode_log import EPISODES_FILE, PLOT_FILE, read_episodes, summarize_run
 from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
+from pld_ros.core.report import ReportError, write_report
 from pld_ros.data.bag_commands import app as bag_app
 from pld_ros.data.dataset_commands import app as dataset_app
 from pld_ros.graph import Graph, build_graph
@@ -203,6 +204,54 @@ def runs_loop(
     if plot is not None:
         plot_loop(records, plot)
     typer.echo(format_loop_summary(summarize_loop(records)))
+
+
+@app.command()
+def status(
+    namespace: Annotated[
+        str, typer.Option(help="The graph's namespace (a robot's, e.g. /robot1); default: the root.")
+    ] = "",
+    once: Annotated[
+        bool, typer.Option("--once", help="Listen --wait seconds, print one snapshot and exit.")
+    ] = False,
+    wait: Annotated[float, typer.Option(min=0.1, help="Seconds to listen before --once prints.")] = 3.0,
+    interval: Annotated[float, typer.Option(min=0.1, help="Seconds between two redraws.")] = 1.0,
+) -> None:
+    """Show the running graph in this terminal (no display needed), redrawn until Ctrl-C.
+
+    Episode, phase and stage, the run's success rate, the trainer (weights version, updates/s,
+    buffer sizes, losses), a long-horizon loop's statistics, each node's loop timing, which nodes
+    beat, and every /diagnostics status that is not OK, worst first. With --once the exit code is
+    1 when nothing at all was heard (no graph on this ROS_DOMAIN_ID).
+    """
+    from pld_ros.nodes.status_monitor import run_status
+
+    if namespace and not namespace.startswith("/"):
+        namespace = "/" + namespace
+    raise typer.Exit(run_status(namespace, once=once, wait=wait, interval=interval, echo=typer.echo))
+
+
+@app.command()
+def report(
+    directories: Annotated[
+        list[Path],
+        typer.Argument(help="Run directories (episodes.jsonl) and/or trainer directories (metrics.jsonl)."),
+    ],
+    output: Annotated[
+        Path | None, typer.Option(help="Write the plots here (default: next to each log).")
+    ] = None,
+) -> None:
+    """Plot a run's episode outcomes and a trainer's training curves (PNG), and print summaries.
+
+    From a run directory: outcomes.png (each outcome, the rolling success rate) and the summary
+    table. From a trainer directory (trainer.directory): training.png (critic and actor loss, mean
+    Q, temperature and xi against updates; updates/s and buffer sizes against time).
+    """
+    try:
+        lines = write_report(directories, output)
+    except ReportError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo("\n".join(lines))
 
 
 @app.command()

@@ -58,7 +58,7 @@ def test_appended_records_read_back_and_a_torn_last_line_is_skipped(tmp_path: Pa
     assert reopened.read() == [*RECORDS, record(5, "failure")]
     # Anywhere but at the end, an unreadable line is damage, not a kill.
     log.path.write_text("\n".join(lines[:2]) + "\nnot json\n" + "\n".join(lines[2:]) + "\n")
-    with pytest.raises(ValueError, match=r"episodes.jsonl:3: not an episode record"):
+    with pytest.raises(ValueError, match=r"episodes.jsonl:3: not a JSON object"):
         read_episodes(log.path)
 
 

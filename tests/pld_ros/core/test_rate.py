@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from pld_ros.core.rate import RateKeeper, RobotClock
+from pld_ros.core.rate import RateKeeper, RobotClock, TickTiming
 
 
 class FakeClock:
@@ -107,3 +109,35 @@ def test_a_frozen_robot_clock_cannot_stall_the_loop() -> None:
     robot.frozen_at = 5.0
     clock.sleep(0.05)
     assert wall.now - 100.0 == pytest.approx(0.2, abs=0.002)
+
+
+def test_tick_timing_reports_rate_periods_latencies_and_deadline_misses() -> None:
+    timing = TickTiming(deadline=0.05, window=100)
+    assert timing.stats().ticks == 0 and math.isnan(timing.stats().rate_hz)
+    starts = [10.0, 10.05, 10.10, 10.20, 10.25]  # one tick came a period late
+    latencies = [0.002, 0.004, 0.08, 0.003, 0.006]  # one tick overran its 50 ms
+    for start, latency in zip(starts, latencies, strict=True):
+        timing.record(start, latency)
+    stats = timing.stats()
+    assert stats.ticks == 5 and stats.deadline_misses == 1
+    assert stats.rate_hz == pytest.approx(4 / 0.25)
+    assert stats.period_p50 == pytest.approx(0.05) and stats.period_max == pytest.approx(0.10)
+    assert stats.latency_p50 == pytest.approx(0.004) and stats.latency_max == pytest.approx(0.08)
+    values = stats.values()
+    assert values["loop_ticks"] == "5" and values["deadline_misses"] == "1"
+    assert values["loop_period_max_ms"] == "100.00" and values["tick_latency_max_ms"] == "80.00"
+    assert values["loop_rate_hz"] == "16.00"
+
+
+def test_tick_timing_statistics_cover_the_recent_window_and_counts_the_whole_run() -> None:
+    timing = TickTiming(deadline=0.01, window=3)
+    for tick in range(10):
+        timing.record(float(tick), 0.5 if tick < 5 else 0.001)  # slow at first, then fast
+    stats = timing.stats()
+    assert stats.ticks == 10 and stats.deadline_misses == 5
+    assert stats.latency_max == pytest.approx(0.001)  # the slow ticks left the window
+
+
+def test_tick_timing_deadline_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        TickTiming(0.0)

@@ -14,6 +14,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 
 from pld_msgs.msg import PolicyWeights, StepRecord, TrainingMetrics
 from pld_ros.core.episode import Outcome, RunMode
+from pld_ros.core.training_log import read_training_log
 from pld_ros.learning.episode_store import RecordedEpisode
 from pld_ros.models.residual_actor import ResidualActor
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, episodes_qos
@@ -167,5 +168,11 @@ def test_the_trainer_learns_from_streamed_episodes_publishes_verified_weights_an
         )
         probe.spin_for(2.0)  # time to learn from it, were it new
         assert robot.metrics[-1].episodes == 3 and robot.metrics[-1].updates == 16  # not learned twice
+        # One metrics log across the kill: a line per second from both processes, in order.
+        log = read_training_log(tmp_path / "trainer")
+        updates = [record.updates for record in log]
+        assert updates == sorted(updates) and 8 in updates and updates[-1] == 16
+        assert log[-1].version == 4 and log[-1].episodes == 3 and log[-1].trainer_id == "vm-test"
+        assert log[-1].phase == "online" and log[-1].critic_loss > 0.0
     finally:
         trainer.kill()

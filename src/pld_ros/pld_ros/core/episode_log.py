@@ -6,14 +6,14 @@ killed loses no episode that had already ended; a line torn by the kill is skipp
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
+
+from pld_ros.core.json_lines import JsonLines, read_json_lines
 
 EPISODES_FILE = "episodes.jsonl"
 """Name of the episode log in a run directory."""
@@ -76,19 +76,10 @@ class EpisodeLog:
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.path = run_dir / EPISODES_FILE
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if self.path.is_file():
-            data = self.path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                with self.path.open("r+b") as file:
-                    file.truncate(data.rfind(b"\n") + 1)
+        self._lines = JsonLines(self.path)
 
     def append(self, record: EpisodeRecord) -> None:
-        line = json.dumps(asdict(record), sort_keys=True) + "\n"
-        with self.path.open("a", encoding="utf-8") as file:
-            file.write(line)
-            file.flush()
-            os.fsync(file.fileno())
+        self._lines.append(asdict(record))
 
     def read(self) -> list[EpisodeRecord]:
         """The records so far; none before the first episode has ended."""
@@ -103,16 +94,11 @@ def read_episodes(path: Path) -> list[EpisodeRecord]:
     """
     if path.is_dir():
         path = path / EPISODES_FILE
-    lines = path.read_text(encoding="utf-8").splitlines()
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, data in read_json_lines(path):
         try:
-            records.append(EpisodeRecord.from_json(json.loads(line)))
+            records.append(EpisodeRecord.from_json(data))
         except (ValueError, TypeError) as exc:
-            if number == len(lines):
-                break
             raise ValueError(f"{path}:{number}: not an episode record: {exc}") from None
     return records
 

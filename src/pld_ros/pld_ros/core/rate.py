@@ -7,10 +7,15 @@ missed and the schedule re-anchors, so one stall does not make the loop race to 
 :class:`RobotClock` lets the same loop keep time by the robot's own clock instead of the
 machine's: a simulator that cannot keep real time slows the loop with it, so a policy sees the
 same 50 ms of physics per tick that it was trained on.
+
+:class:`TickTiming` is the same accounting for a loop that something else paces (a node ticked
+by each arm state or base action it receives): how often it ran, how long each tick took, and how
+many ticks overran their deadline. Nodes report both on /diagnostics.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -120,12 +125,113 @@ class RateKeeper:
         return now
 
     def stats(self) -> RateStats:
-        periods = np.asarray(self._periods) if self._periods else np.asarray([self.period])
+        periods = _Spread.of(self._periods, self.period)
         return RateStats(
             ticks=self.ticks,
             missed=self.missed,
-            period_mean=float(periods.mean()),
-            period_p50=float(np.percentile(periods, 50)),
-            period_p99=float(np.percentile(periods, 99)),
-            period_max=float(periods.max()),
+            period_mean=periods.mean,
+            period_p50=periods.p50,
+            period_p99=periods.p99,
+            period_max=periods.max,
+        )
+
+
+@dataclass(frozen=True)
+class _Spread:
+    mean: float
+    p50: float
+    p99: float
+    max: float
+
+    @staticmethod
+    def of(values: deque[float], default: float) -> _Spread:
+        """Mean, median, 99th percentile and maximum of ``values`` (``default`` when empty)."""
+        # A tuple copy is taken in one step: another thread may be appending (a loop thread
+        # records while the diagnostics timer reads).
+        copied = tuple(values)
+        array = np.asarray(copied) if copied else np.asarray([default])
+        return _Spread(
+            mean=float(array.mean()),
+            p50=float(np.percentile(array, 50)),
+            p99=float(np.percentile(array, 99)),
+            max=float(array.max()),
+        )
+
+
+@dataclass(frozen=True)
+class TickTimingStats:
+    """A loop's timing over the recent window; periods and latencies in s, NaN before enough ticks."""
+
+    ticks: int
+    """Ticks since the start."""
+    deadline_misses: int
+    """Ticks since the start whose work took longer than the deadline."""
+    rate_hz: float
+    """Ticks per second: the inverse of the mean period."""
+    period_p50: float
+    period_p99: float
+    period_max: float
+    latency_p50: float
+    """Time from a tick's start to the end of its work."""
+    latency_p99: float
+    latency_max: float
+
+    def values(self) -> dict[str, str]:
+        """The /diagnostics key-values every paced node reports (docs/topics.md), times in ms."""
+        return {
+            "loop_ticks": str(self.ticks),
+            "loop_rate_hz": f"{self.rate_hz:.2f}",
+            "loop_period_p50_ms": f"{self.period_p50 * 1e3:.2f}",
+            "loop_period_p99_ms": f"{self.period_p99 * 1e3:.2f}",
+            "loop_period_max_ms": f"{self.period_max * 1e3:.2f}",
+            "tick_latency_p50_ms": f"{self.latency_p50 * 1e3:.2f}",
+            "tick_latency_p99_ms": f"{self.latency_p99 * 1e3:.2f}",
+            "tick_latency_max_ms": f"{self.latency_max * 1e3:.2f}",
+            "deadline_misses": str(self.deadline_misses),
+        }
+
+
+class TickTiming:
+    """Timing of a loop paced from outside; call :meth:`record` once per tick.
+
+    ``deadline``: s a tick's work may take (the control period for a node in the control loop: a
+    slower tick delays the arm's next command). ``window``: how many recent ticks the periods and
+    latencies cover (1200 = one minute at 20 Hz); the counts cover the whole run.
+    """
+
+    def __init__(self, deadline: float, *, window: int = 1200) -> None:
+        if deadline <= 0.0:
+            raise ValueError(f"deadline must be positive, got {deadline}")
+        self.deadline = deadline
+        self._periods: deque[float] = deque(maxlen=window)
+        self._latencies: deque[float] = deque(maxlen=window)
+        self._last_start: float | None = None
+        self.ticks = 0
+        self.deadline_misses = 0
+
+    def record(self, start: float, latency: float) -> None:
+        """One tick that started at ``start`` (s, on the loop's clock) and whose work took
+        ``latency`` s (wall time: a loop paced by a slow simulator's clock still computes in
+        wall time)."""
+        if self._last_start is not None:
+            self._periods.append(start - self._last_start)
+        self._last_start = start
+        self._latencies.append(latency)
+        self.ticks += 1
+        if latency > self.deadline:
+            self.deadline_misses += 1
+
+    def stats(self) -> TickTimingStats:
+        periods = _Spread.of(self._periods, math.nan)
+        latencies = _Spread.of(self._latencies, math.nan)
+        return TickTimingStats(
+            ticks=self.ticks,
+            deadline_misses=self.deadline_misses,
+            rate_hz=1.0 / periods.mean if periods.mean > 0.0 else math.nan,
+            period_p50=periods.p50,
+            period_p99=periods.p99,
+            period_max=periods.max,
+            latency_p50=latencies.p50,
+            latency_p99=latencies.p99,
+            latency_max=latencies.max,
         )

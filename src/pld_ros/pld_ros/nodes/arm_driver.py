@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -25,11 +26,11 @@ from std_msgs.msg import Bool
 from pld_msgs.msg import DeltaPoseCommand, RobotState
 from pld_msgs.srv import EStop
 from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
-from pld_ros.core.rate import RateKeeper, RobotClock
+from pld_ros.core.rate import RateKeeper, RobotClock, TickTiming
 from pld_ros.core.safety import DeltaCommand
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmBackend
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, fail_node, load_node_profile, run_node
 from pld_ros.profile import FrankyArm, Profile
@@ -75,6 +76,8 @@ class ArmDriverNode(Node):
             self.rate = RateKeeper(profile.supervisor.control_rate, clock=clock.now, sleep=clock.sleep)
         else:
             self.rate = RateKeeper(profile.supervisor.control_rate)
+        # A tick's work (the robot call and the state) must fit its period, or the next one is late.
+        self.timing = TickTiming(self.rate.period)
         self.realtime_priority = arm.control_priority
         # Two arms share one TF tree: their frames and joints carry the arm's name, as
         # pld_ros.robot_description.load_urdf(model, prefix) names them.
@@ -94,6 +97,7 @@ class ArmDriverNode(Node):
         self._state_pub = self.create_publisher(RobotState, f"{prefix}/state", 10)
         self._joints_pub = self.create_publisher(JointState, f"{prefix}/joint_states", 10)
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, prefix)
         self.create_timer(1.0, self._publish_diagnostics)
         start_heartbeat(self)
 
@@ -144,6 +148,7 @@ class ArmDriverNode(Node):
         try:
             while not self._stop.is_set():
                 now = self.rate.wait()
+                started = time.perf_counter()
                 # The state describes this instant, not the moment it is published.
                 stamp = self.get_clock().now().to_msg()
                 with self._lock:
@@ -156,6 +161,7 @@ class ArmDriverNode(Node):
                     else:
                         self.get_logger().error(event)
                 self._publish_state(report, stamp)
+                self.timing.record(now, time.perf_counter() - started)
         except Exception as exc:
             self.controller.close()
             if not self.context.ok():
@@ -200,7 +206,8 @@ class ArmDriverNode(Node):
 
     def _publish_diagnostics(self) -> None:
         report = self._last_report
-        stats = self.rate.stats()
+        timing = self.timing.stats()
+        safety = self.controller.safety.counters
         mode = report.mode if report is not None else ArmMode.DISCONNECTED
         level = {
             ArmMode.IDLE: DiagnosticStatus.OK,
@@ -211,14 +218,11 @@ class ArmDriverNode(Node):
             "mode": mode.name,
             "error": report.error if report is not None else "",
             "estop": self.controller.safety.estop_reason or "",
-            "loop_ticks": stats.ticks,
-            "loop_missed_ticks": stats.missed,
-            "loop_period_p50_ms": f"{stats.period_p50 * 1e3:.2f}",
-            "loop_period_p99_ms": f"{stats.period_p99 * 1e3:.2f}",
-            "loop_period_max_ms": f"{stats.period_max * 1e3:.2f}",
+            **timing.values(),
+            "loop_missed_ticks": self.rate.missed,
             **self.counters,
             **self.controller.counters,
-            **self.controller.safety.counters,
+            **safety,
         }
         publish_status(
             self,
@@ -228,6 +232,16 @@ class ArmDriverNode(Node):
             hardware_id=self.arm_name,
             message=mode.name.lower() + (f": {values['error']}" if values["error"] else ""),
             values=values,
+        )
+        self._metrics.publish(
+            {
+                "loop_period_p99_ms": timing.period_p99 * 1e3,
+                "loop_period_max_ms": timing.period_max * 1e3,
+                "tick_latency_p99_ms": timing.latency_p99 * 1e3,
+                "loop_missed_ticks": self.rate.missed,
+                "deadline_misses": timing.deadline_misses,
+                "safety_interventions": sum(safety.values()),
+            }
         )
 
     def destroy_node(self) -> None:

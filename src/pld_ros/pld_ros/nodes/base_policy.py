@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -24,7 +25,8 @@ from pld_msgs.msg import ActionChunk, BaseAction, EpisodeEvent, RobotState, Stag
 from pld_ros.core.action_chunks import Chunk, ChunkBuffer, ChunkConfig, TickAction
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.observation import ACTION_DIM
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.core.rate import TickTiming
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -84,6 +86,9 @@ class BasePolicyNode(Node):
         self._action_pub = self.create_publisher(BaseAction, "policy/base/action", 10)
         self._chunk_pub = self.create_publisher(ActionChunk, "policy/base/chunk", 10)
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "policy/base")
+        # The action must reach the residual node within the tick it is for.
+        self.timing = TickTiming(period)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
         if len(set(self._stage_prompts.values())) > 1:
@@ -114,6 +119,11 @@ class BasePolicyNode(Node):
         self.get_logger().info(f"stage {stage.name}: prompt {prompt!r}")
 
     def _on_state(self, state: RobotState) -> None:
+        started = time.perf_counter()
+        self._tick(state)
+        self.timing.record(started, time.perf_counter() - started)
+
+    def _tick(self, state: RobotState) -> None:
         tick, self.tick = self.tick, self.tick + 1
         tick_stamp = seconds(state.header.stamp)
         now = self.get_clock().now().nanoseconds * 1e-9
@@ -172,6 +182,7 @@ class BasePolicyNode(Node):
 
     def _publish_diagnostics(self) -> None:
         stats = self.runner.stats()
+        timing = self.timing.stats()
         connected = self.runner.policy.connected
         window, self._window = self._window, {"ticks": 0, "fresh": 0}
         fresh_fraction = window["fresh"] / window["ticks"] if window["ticks"] else 0.0
@@ -196,8 +207,18 @@ class BasePolicyNode(Node):
             "errors": stats.faults,
             "last_error": stats.last_error,
             "episode_id": self.episode_id,
+            **timing.values(),
             **self.counters,
         }
+        self._metrics.publish(
+            {
+                "inference_p50_ms": stats.latency_p50 * 1e3,
+                "inference_p99_ms": stats.latency_p99 * 1e3,
+                "fresh_fraction": fresh_fraction,
+                "max_age_ms": self._max_age * 1e3,
+                "tick_latency_p99_ms": timing.latency_p99 * 1e3,
+            }
+        )
         self._max_age = 0.0
         publish_status(
             self,

@@ -14,6 +14,7 @@ cameras are published by the simulated world, not by this node.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -21,14 +22,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from rclpy.time import Time
 
+from pld_ros.core.rate import TickTiming
 from pld_ros.drivers.camera import CameraFault, CameraSource, Frame, Playback
 from pld_ros.drivers.opencv_camera import OpenCvCamera
 from pld_ros.drivers.realsense_camera import RealSenseCamera
 from pld_ros.nodes.camera_publisher import CameraPublisher
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
 from pld_ros.profile import Camera
@@ -86,7 +89,10 @@ class CameraNode(Node):
         self._fault = ""
         """Why the camera delivers nothing now; empty while it streams."""
 
-        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # Each frame's view and publishing must be done before the next frame arrives.
+        self._timing = TickTiming(1.0 / camera.fps)
+        self._diagnostics = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, f"cameras/{self._name}")
         start_heartbeat(self)
         self.create_timer(DIAGNOSTICS_PERIOD, self._report)
         self._stop = threading.Event()
@@ -143,8 +149,10 @@ class CameraNode(Node):
                     raise
                 self._set_fault(str(fault))
                 continue
+            started = time.monotonic()
             self._publisher.publish(frame.rgb, Time(nanoseconds=round(frame.timestamp * 1e9)).to_msg())
             with self._lock:
+                self._timing.record(started, time.monotonic() - started)
                 self._frames += 1
                 self._last_frame = frame
                 if previous is not None and frame.number > previous + 1:
@@ -175,6 +183,7 @@ class CameraNode(Node):
                 "dropped_frames": self._dropped,
                 "reconnects": self._reconnects,
             }
+            timing = self._timing.stats()
         age = time.time() - frame.timestamp if frame is not None else None
         stale = age is None or age > self._camera.stale_after or bool(fault)
         if not stale:
@@ -187,20 +196,26 @@ class CameraNode(Node):
             "fps": f"{fps:.2f}",
             "frame_age": f"{age:.4f}" if age is not None else "never",
             "stale": str(stale).lower(),
-            **{key: str(value) for key, value in counters.items()},
+            **counters,
+            **timing.values(),
         }
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
-        array.status.append(
-            DiagnosticStatus(
-                level=DiagnosticStatus.ERROR if stale else DiagnosticStatus.OK,
-                name=f"pld/camera/{self._name}",
-                hardware_id=self._source.description,
-                message=message,
-                values=[KeyValue(key=key, value=value) for key, value in values.items()],
-            )
+        publish_status(
+            self,
+            self._diagnostics,
+            level=DiagnosticStatus.ERROR if stale else DiagnosticStatus.OK,
+            name=f"pld/camera/{self._name}",
+            hardware_id=self._source.description,
+            message=message,
+            values=values,
         )
-        self._diagnostics.publish(array)
+        self._metrics.publish(
+            {
+                "fps": fps,
+                "frame_age_ms": age * 1e3 if age is not None else math.nan,
+                "dropped_frames": counters["dropped_frames"],
+                "publish_latency_p99_ms": timing.latency_p99 * 1e3,
+            }
+        )
 
     def destroy_node(self) -> None:
         self._stop.set()

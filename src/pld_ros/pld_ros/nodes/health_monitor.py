@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from std_msgs.msg import Header
 
 from pld_ros.core.liveness import Liveness
 from pld_ros.graph import HEARTBEAT_TOPIC
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, make_status, publish_statuses
 from pld_ros.nodes.runner import NodeConfigError, run_node
 
 
@@ -26,7 +27,8 @@ class HealthMonitorNode(Node):
         if not stale_after > 0.0 or not period > 0.0:
             raise NodeConfigError(f"'stale_after' ({stale_after}) and 'period' ({period}) must be positive")
         self._liveness = Liveness(stale_after=stale_after, expected=[e for e in expected if e])
-        self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "health")
         self.create_subscription(Header, HEARTBEAT_TOPIC, self._on_heartbeat, 50)
         self.create_timer(period, self._report)
 
@@ -39,23 +41,25 @@ class HealthMonitorNode(Node):
 
     def _report(self) -> None:
         now = self._now()
-        array = DiagnosticArray()
-        array.header.stamp = self.get_clock().now().to_msg()
         for change in self._liveness.newly_stale(now):
             self.get_logger().error(f"'{change}' stopped beating")
-        for source, state in self._liveness.states(now):
-            array.status.append(
-                DiagnosticStatus(
+        states = self._liveness.states(now)
+        publish_statuses(
+            self,
+            self._diagnostics,
+            [
+                make_status(
                     level=DiagnosticStatus.OK if state.alive else DiagnosticStatus.ERROR,
                     name=f"pld/liveness{source}",
                     hardware_id=source,
                     message=state.describe(),
-                    values=[
-                        KeyValue(key="age", value=f"{state.age:.3f}" if state.age is not None else "never")
-                    ],
+                    values={"age": f"{state.age:.3f}" if state.age is not None else "never"},
                 )
-            )
-        self._diagnostics.publish(array)
+                for source, state in states
+            ],
+        )
+        alive = sum(state.alive for _, state in states)
+        self._metrics.publish({"alive_nodes": alive, "not_alive_nodes": len(states) - alive})
 
 
 def main() -> None:

@@ -44,7 +44,7 @@ from pld_ros.data.recording import (
     counters,
     default_topics,
 )
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
 from pld_ros.nodes.supervisor import EVENTS_QOS
@@ -139,6 +139,7 @@ class RecorderNode(Node):
         self._refused: set[str] = set()
         self._last_bytes, self._last_report = 0, time.monotonic()
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "recorder")
         if recording.split == "episode" or self._events_topic in self._wanted:
             self._subscribe(RecordedTopic(self._events_topic, EVENT_TYPE), EVENTS_QOS)
         self._discover()
@@ -223,6 +224,9 @@ class RecorderNode(Node):
             hardware_id=self.profile.robot_id,
             message=message,
             values=values,
+        )
+        self._metrics.publish(
+            {"megabytes_per_s": rate, "queue_depth": status.queue_depth, "dropped": status.dropped}
         )
 
     def destroy_node(self) -> None:

@@ -44,7 +44,7 @@ from pld_ros.core.episode import Outcome, RunMode
 from pld_ros.core.episode_log import run_directory_name
 from pld_ros.learning.episode_assembler import GRACE, Assembled, Dropped, Ending, EpisodeAssembler
 from pld_ros.learning.episode_store import EpisodeStore, RecordedEpisode, buffer_for
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
 from pld_ros.nodes.step_records import records_of, tick_of
@@ -124,6 +124,7 @@ class ReplayBufferNode(Node):
             StepRecord, EPISODES_TOPIC, episodes_qos(self.assembler.max_ticks)
         )
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "buffer")
         self.create_subscription(StepRecord, STEPS_TOPIC, self._on_record, STEPS_QOS)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
         self.create_timer(POLL_PERIOD, lambda: self._handle(self.assembler.poll(self._now())))
@@ -242,6 +243,16 @@ class ReplayBufferNode(Node):
             hardware_id=self.profile.robot_id,
             message=message,
             values=values,
+        )
+        self._metrics.publish(
+            {
+                "episodes_written": self.counters["episodes_written"],
+                "offline": self.counters["offline"],
+                "online": self.counters["online"],
+                "dropped": dropped,
+                "queue_length": self._queue.qsize(),
+                "last_write_s": self._last_write_s,
+            }
         )
 
     def destroy_node(self) -> None:

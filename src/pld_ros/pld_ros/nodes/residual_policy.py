@@ -31,14 +31,12 @@ counts steps from its first base action, so its ``step`` lags the supervisor's.
 
 from __future__ import annotations
 
-import math
 import queue
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,9 +62,10 @@ from pld_ros.core.episode import Phase, RunMode, Source
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.messages import action_of
 from pld_ros.core.observation import ACTION_DIM, Observation
+from pld_ros.core.rate import TickTiming
 from pld_ros.models.residual_actor import ResidualActor
 from pld_ros.nodes.camera_publisher import image_message
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
 from pld_ros.nodes.replay_buffer import STEPS_QOS, STEPS_TOPIC
@@ -100,8 +99,8 @@ POLICY_NAME = "residual"
 """``PolicyWeights.policy`` of the weights this node runs."""
 DOWNLOAD_TIMEOUT = 30.0
 """Seconds an http(s) weights download may take (our choice: a few MB on a local network)."""
-LATENCY_WINDOW = 1000
-"""Ticks over which the latency percentiles are computed (50 s at 20 Hz)."""
+TIMING_WINDOW = 1000
+"""Ticks over which the period and latency percentiles are computed (50 s at 20 Hz)."""
 _ENDING_PHASES = (EpisodePhase.RESETTING, EpisodePhase.IDLE, EpisodePhase.DONE)
 
 
@@ -166,7 +165,8 @@ class ResidualPolicyNode(Node):
         self.episode: _Episode | None = None
         self._state: RobotState | None = None
         self._human: HumanStep | None = None
-        self._latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # The command must reach the arm driver before its next tick: one control period.
+        self.timing = TickTiming(1.0 / profile.supervisor.control_rate, window=TIMING_WINDOW)
         self.counters = {
             "ticks": 0,
             "base_steps": 0,
@@ -186,6 +186,7 @@ class ResidualPolicyNode(Node):
         self._command_pub = self.create_publisher(DeltaPoseCommand, f"{arm}/command", 10)
         self._record_pub = self.create_publisher(StepRecord, STEPS_TOPIC, STEPS_QOS)
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "policy/residual")
         self.create_subscription(BaseAction, "policy/base/action", self._on_base_action, 10)
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
@@ -276,7 +277,13 @@ class ResidualPolicyNode(Node):
     # -- the tick ------------------------------------------------------------------------------
 
     def _on_base_action(self, base: BaseAction) -> None:
+        # Ticks between episodes count too (they cost almost nothing): the period shows the
+        # base actions' pace, not the gaps of the resets.
         started = time.perf_counter()
+        self._tick(base)
+        self.timing.record(started, time.perf_counter() - started)
+
+    def _tick(self, base: BaseAction) -> None:
         episode = self.episode
         if episode is None:
             return
@@ -309,7 +316,6 @@ class ResidualPolicyNode(Node):
             self._publish_record(base, episode, result, observation, weights.version)
         episode.step += 1
         self._count(result)
-        self._latencies.append(time.perf_counter() - started)
 
     def _publish_command(self, base: BaseAction, episode: _Episode, result: TickResult, now: float) -> None:
         action = result.action
@@ -362,7 +368,7 @@ class ResidualPolicyNode(Node):
     def _publish_diagnostics(self) -> None:
         # On the executor's thread, like the tick: between two ticks, so it may take new weights.
         current = self.slot.acquire()
-        latencies = np.array(self._latencies) if self._latencies else np.array([math.nan])
+        timing = self.timing.stats()
         level, message = DiagnosticStatus.OK, "running"
         if self._last_rejection:
             level, message = DiagnosticStatus.WARN, f"last weights rejected: {self._last_rejection}"
@@ -370,8 +376,7 @@ class ResidualPolicyNode(Node):
             "weights_version": current.version,
             "weights_updates": current.value.updates,
             "xi": f"{xi_at(self.controller.xi, current.value.updates):.4f}",
-            "latency_p50_ms": f"{np.percentile(latencies, 50) * 1e3:.2f}",
-            "latency_p99_ms": f"{np.percentile(latencies, 99) * 1e3:.2f}",
+            **timing.values(),
             "episode_id": self.episode.episode_id if self.episode else "",
             "last_rejection": self._last_rejection,
             **self.counters,
@@ -384,6 +389,14 @@ class ResidualPolicyNode(Node):
             hardware_id=POLICY_NAME,
             message=message,
             values=values,
+        )
+        self._metrics.publish(
+            {
+                "weights_version": current.version,
+                "xi": xi_at(self.controller.xi, current.value.updates),
+                "tick_latency_p99_ms": timing.latency_p99 * 1e3,
+                "deadline_misses": timing.deadline_misses,
+            }
         )
 
     def destroy_node(self) -> None:

@@ -23,7 +23,7 @@ import ipaddress
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -36,7 +36,7 @@ from std_msgs.msg import Bool, String
 from pld_msgs.msg import RobotState, SuccessScores
 from pld_msgs.srv import InjectFault, ResetScene
 from pld_ros.nodes.camera_publisher import CameraPublisher
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.openpi_server import OpenpiServer
@@ -73,6 +73,8 @@ class Status:
     hardware_id: str
     message: str
     values: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The world's numbers for rqt_plot (``sim/metrics/<key>``)."""
 
 
 class WorldHost(Protocol):
@@ -122,15 +124,16 @@ class Cameras:
         if self._node.context.ok():
             publisher.publish(frame, stamp)
 
-    def values(self) -> dict[str, str]:
-        """Mean render time and frame rate of each camera since the last call."""
+    def values(self) -> dict[str, float]:
+        """Mean render time (ms) and frame rate of each camera since the last call."""
         now = time.monotonic()
         elapsed, self._period_start = now - self._period_start, now
         values = {}
         for name, frames in self._frames.items():
-            mean_ms = 1e3 * self._render_seconds[name] / frames if frames else float("nan")
-            values[f"render_ms/{name}"] = f"{mean_ms:.2f}"
-            values[f"fps/{name}"] = f"{frames / elapsed:.1f}"
+            values[f"render_ms/{name}"] = (
+                1e3 * self._render_seconds[name] / frames if frames else float("nan")
+            )
+            values[f"fps/{name}"] = frames / elapsed
             self._render_seconds[name], self._frames[name] = 0.0, 0
         return values
 
@@ -193,6 +196,7 @@ class FrankaPickCubeHost:
                 "target_real_time_factor": f"{target:.3f}",
                 "cube_lift": f"{self.world.cube_lift():.4f}",
             },
+            metrics={"real_time_factor": rtf},
         )
 
     def close(self) -> None:
@@ -364,7 +368,13 @@ class YamGpuInsertionHost:
             level, message = DiagnosticStatus.WARN, "the card cannot be picked up: a scene reset is needed"
         else:
             level, message = DiagnosticStatus.OK, f"following {self._arm}/state"
-        return Status(level=level, hardware_id=f"i2rt-sim:{self._arm}", message=message, values=values)
+        return Status(
+            level=level,
+            hardware_id=f"i2rt-sim:{self._arm}",
+            message=message,
+            values=values,
+            metrics={"failures": self._failures},
+        )
 
     def close(self) -> None:
         if self.server is not None:
@@ -405,11 +415,13 @@ class SimWorldNode(Node):
             f"{self._host.world.width}x{self._host.world.height}"
         )
         self._diagnostics = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "sim")
         self.create_timer(DIAGNOSTICS_PERIOD, self._report)
         self._heartbeat = start_heartbeat(self)
 
     def _report(self) -> None:
         status = self._host.status()
+        cameras = self._cameras.values()
         publish_status(
             self,
             self._diagnostics,
@@ -417,8 +429,9 @@ class SimWorldNode(Node):
             name=f"pld/sim/{self._world_name}",
             hardware_id=status.hardware_id,
             message=status.message,
-            values={**status.values, **self._cameras.values()},
+            values={**status.values, **{key: f"{value:.2f}" for key, value in cameras.items()}},
         )
+        self._metrics.publish({**status.metrics, **cameras})
 
     def destroy_node(self) -> None:
         self._host.close()

@@ -74,10 +74,11 @@ from pld_ros.core.episode_log import (
 from pld_ros.core.frame_sync import NoSet
 from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
 from pld_ros.core.messages import pose_of
+from pld_ros.core.rate import TickTiming
 from pld_ros.core.spatial import Pose
 from pld_ros.core.stage_machine import StageUpdate
 from pld_ros.graph import HEARTBEAT_TOPIC
-from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
@@ -172,6 +173,9 @@ class SupervisorNode(Node):
         self._loop_pub = self.create_publisher(LoopStats, "loop/stats", LATCHED_QOS)
         self._estop_pub = self.create_publisher(Bool, ESTOP_TOPIC, 10)
         self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "episode")
+        # The tick runs on each arm state: a tick slower than the control period delays the next.
+        self.timing = TickTiming(1.0 / profile.supervisor.control_rate)
         self._scene_client: Client | None = (
             self.create_client(ResetScene, "sim/reset_scene") if profile.simulated else None
         )
@@ -263,6 +267,11 @@ class SupervisorNode(Node):
     # -- the tick ------------------------------------------------------------------------------
 
     def _on_state(self, state: RobotState) -> None:
+        started = time.perf_counter()
+        self._tick(state)
+        self.timing.record(started, time.perf_counter() - started)
+
+    def _tick(self, state: RobotState) -> None:
         now = self._now()
         if self._goal is not None and self._goal.is_cancel_requested:
             self.core.stop("run_episodes goal cancelled")
@@ -543,7 +552,12 @@ class SupervisorNode(Node):
 
     def _publish_diagnostics(self) -> None:
         status = self._last_status
-        values: dict[str, Any] = {"run_directory": str(self._log.run_dir) if self._log else ""}
+        timing = self.timing.stats()
+        values: dict[str, Any] = {
+            "run_directory": str(self._log.run_dir) if self._log else "",
+            **timing.values(),
+        }
+        metrics = {"tick_latency_p99_ms": timing.latency_p99 * 1e3, "deadline_misses": timing.deadline_misses}
         if status is None:
             level, text = DiagnosticStatus.WARN, f"no state from {self.arm}/state yet"
         else:
@@ -564,6 +578,14 @@ class SupervisorNode(Node):
                 aborted=status.aborted,
                 last_outcome=status.last_outcome.name,
             )
+            counted = status.episodes_completed - status.aborted
+            metrics.update(
+                episodes=status.episodes_completed,
+                successes=status.successes,
+                aborted=status.aborted,
+                # An abort is neither success nor failure (as in the run's summary).
+                success_rate=status.successes / counted if counted else math.nan,
+            )
         publish_status(
             self,
             self._diag_pub,
@@ -573,6 +595,7 @@ class SupervisorNode(Node):
             message=text,
             values=values,
         )
+        self._metrics.publish(metrics)
 
     def destroy_node(self) -> None:
         # A run cut short by a shutdown still logs its running episode, and gets its summary and plot.

@@ -26,9 +26,11 @@ import sys
 import time
 from typing import Final
 
+from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 
 from pld_msgs.msg import ActionSource, DeltaPoseCommand, RobotState
+from pld_ros.core.rate import TickTiming
 from pld_ros.core.teleop import (
     SPACEMOUSE_IDLE,
     HumanInput,
@@ -47,12 +49,15 @@ from pld_ros.drivers.spacemouse import (
     SpaceMouse,
     SpaceMouseError,
 )
+from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, control_arm, fail_node, load_node_profile, run_node
 
 DEVICES: Final = ("keyboard", "spacemouse", "sim")
 REOPEN_PERIOD: Final = 1.0
 """Seconds between two attempts to reopen a SpaceMouse that failed (unplugged, say)."""
+DIAGNOSTICS_PERIOD: Final = 1.0
+"""s between two /diagnostics reports."""
 
 
 class TeleopNode(Node):
@@ -75,10 +80,17 @@ class TeleopNode(Node):
         self._mouse: SpaceMouse | None = None
         self._mouse_map = SpaceMouseMapping(profile.teleop, rate)
         self._mouse_failed_at: float | None = None
+        self._mouse_error = ""
+        self.counters = {"human_steps": 0, "device_failures": 0}
+        # The device is read once per control tick; a slower read delays the human's step.
+        self.timing = TickTiming(1.0 / rate)
 
         self._publisher = self.create_publisher(DeltaPoseCommand, f"{self.arm}/teleop", 10)
         self.create_subscription(RobotState, f"{self.arm}/state", self._on_state, 10)
+        self._diag_pub = diagnostics_publisher(self)
+        self._metrics = MetricTopics(self, "teleop")
         self.create_timer(1.0 / rate, self._tick)
+        self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
         start_heartbeat(self)
         # Last: nothing may fail after the terminal has been switched to cbreak mode.
         self._open_device()
@@ -112,13 +124,16 @@ class TeleopNode(Node):
         if state is None:
             return
         now = time.monotonic()
+        started = time.perf_counter()
         human = self._read(now)
         was_engaged = self._session.engaged
         command = self._session.step(human, float(state.gripper_closure), bool(state.gripper_grasped))
         if command is not None:
             self._publish(command, state.header.frame_id)
+            self.counters["human_steps"] += 1
         if self._session.engaged != was_engaged:
             self.get_logger().info("human took over" if self._session.engaged else "human let go")
+        self.timing.record(now, time.perf_counter() - started)
 
     def _read(self, now: float) -> HumanInput:
         if self._keyboard is not None:
@@ -141,9 +156,10 @@ class TeleopNode(Node):
                 self._mouse.open()
             except SpaceMouseError as exc:
                 self._mouse_failed_at = now
+                self._mouse_error = str(exc)
                 self.get_logger().error(str(exc), throttle_duration_sec=10.0)
                 return SPACEMOUSE_IDLE
-            self._mouse_failed_at = None
+            self._mouse_failed_at, self._mouse_error = None, ""
             self.get_logger().info("SpaceMouse reopened")
         try:
             return self._mouse.read()
@@ -151,7 +167,8 @@ class TeleopNode(Node):
             # An unplugged device is a fault, not a crash: rest, and try to reopen it.
             self.get_logger().error(f"{exc}; retrying every {REOPEN_PERIOD:g} s")
             self._mouse.close()
-            self._mouse_failed_at = now
+            self._mouse_failed_at, self._mouse_error = now, str(exc)
+            self.counters["device_failures"] += 1
             return SPACEMOUSE_IDLE
 
     def _publish(self, command: TeleopCommand, frame_id: str) -> None:
@@ -162,6 +179,33 @@ class TeleopNode(Node):
         message.rotation.x, message.rotation.y, message.rotation.z = command.rotation
         message.source = ActionSource(value=ActionSource.HUMAN)
         self._publisher.publish(message)
+
+    def _publish_diagnostics(self) -> None:
+        timing = self.timing.stats()
+        if self._mouse_error:
+            level, message = DiagnosticStatus.ERROR, f"{self.device}: {self._mouse_error}"
+        elif self._state is None:
+            level, message = DiagnosticStatus.WARN, f"no {self.arm}/state yet: input is ignored"
+        else:
+            level, message = DiagnosticStatus.OK, "human acting" if self._session.engaged else "ready"
+        publish_status(
+            self,
+            self._diag_pub,
+            level=level,
+            name=f"pld/teleop/{self.arm}",
+            hardware_id=self.device,
+            message=message,
+            values={
+                "device": self.device,
+                "engaged": str(self._session.engaged).lower(),
+                "device_error": self._mouse_error,
+                **self.counters,
+                **timing.values(),
+            },
+        )
+        self._metrics.publish(
+            {"engaged": float(self._session.engaged), "tick_latency_p99_ms": timing.latency_p99 * 1e3}
+        )
 
     def destroy_node(self) -> None:
         # The terminal must come back usable however the node stops.

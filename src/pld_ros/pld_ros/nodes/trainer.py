@@ -19,10 +19,11 @@ It runs on the robot's computer or on another machine (a GPU box) on the same RO
   later gets the newest) with its sha256 and size, as a ``file://`` URI or under the
   ``weights_url`` parameter (an HTTP server of that folder for robots on other machines). The
   learner's checkpoint is saved at the same moment. ``trainer/metrics`` (``TrainingMetrics``)
-  and ``/diagnostics`` once a second.
+  and ``/diagnostics`` once a second; the same numbers go to ``<directory>/metrics.jsonl``, one
+  fsync'd JSON line per second (:mod:`pld_ros.core.training_log`, plotted by ``pld report``).
 - Restart: the checkpoint is loaded, the stored episodes are added back (the update budget counts
-  them, so no update is repeated or owed), version numbers continue, and the newest weights are
-  announced again.
+  them, so no update is repeated or owed), version numbers continue, the newest weights are
+  announced again, and the metrics log is appended to.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -41,6 +43,8 @@ from rclpy.node import Node
 
 from pld_msgs.msg import PolicyWeights, StepRecord, TrainingMetrics
 from pld_ros.core.atomic_file import atomic_write
+from pld_ros.core.json_lines import JsonLines
+from pld_ros.core.training_log import METRICS_FILE, TrainingRecord
 from pld_ros.learning.episode_assembler import Assembled, Dropped, EpisodeAssembler
 from pld_ros.learning.episode_store import EpisodeStore, RecordedEpisode, buffer_for, learning_steps
 from pld_ros.learning.learner import Learner
@@ -90,6 +94,7 @@ class TrainerNode(Node):
         try:
             self.store = EpisodeStore(directory / "episodes")
             (directory / "weights").mkdir(parents=True, exist_ok=True)
+            self._metrics_log = JsonLines(directory / METRICS_FILE)
         except (OSError, RuntimeError) as exc:
             raise NodeConfigError(f"trainer.directory: {exc}") from None
         self.weights_dir = directory / "weights"
@@ -108,7 +113,9 @@ class TrainerNode(Node):
             "duplicates": 0,
             "dropped": 0,
             "malformed_records": 0,
+            "metrics_log_errors": 0,
         }
+        self._metrics_log_error = ""
         self._restore()
         versions = published_versions(self.weights_dir)
         self.version = versions[-1] if versions else 0
@@ -291,18 +298,22 @@ class TrainerNode(Node):
         message.header.stamp = self.get_clock().now().to_msg()
         self._metrics_pub.publish(message)
         if not progress.warmed_up:
-            phase = f"warm-up ({progress.episodes}/{self.learner.warmup_episodes} episodes)"
+            phase, text = "warm-up", f"warm-up ({progress.episodes}/{self.learner.warmup_episodes} episodes)"
         elif not self.learner.pretrained:
-            phase = f"Cal-QL pretraining ({progress.pretrain_updates} steps)"
+            phase, text = "pretraining", f"Cal-QL pretraining ({progress.pretrain_updates} steps)"
         else:
-            phase = "online"
+            phase = text = "online"
+        self._log_metrics(message, phase)
+        level = DiagnosticStatus.OK
+        if self._metrics_log_error:
+            level, text = DiagnosticStatus.WARN, f"{text}; metrics log: {self._metrics_log_error}"
         publish_status(
             self,
             self._diag_pub,
-            level=DiagnosticStatus.OK,
+            level=level,
             name="pld/trainer",
             hardware_id=self.trainer_id,
-            message=phase,
+            message=text,
             values={
                 **self.counters,
                 # Ticks of an episode this process assembled already: a stream repeated.
@@ -312,8 +323,36 @@ class TrainerNode(Node):
                 "pretrain_updates": progress.pretrain_updates,
                 "update_budget": self.learner.update_budget,
                 "version": self.version,
+                "metrics_log": str(self._metrics_log.path),
             },
         )
+
+    def _log_metrics(self, message: TrainingMetrics, phase: str) -> None:
+        record = TrainingRecord(
+            time=time.time(),
+            updates=message.updates,
+            version=message.version,
+            updates_per_second=message.updates_per_second,
+            critic_loss=message.critic_loss,
+            actor_loss=message.actor_loss,
+            q_mean=message.q_mean,
+            temperature=message.temperature,
+            xi=message.xi,
+            offline_transitions=message.offline_transitions,
+            online_transitions=message.online_transitions,
+            episodes=message.episodes,
+            phase=phase,
+            trainer_id=self.trainer_id,
+        )
+        try:
+            self._metrics_log.append(asdict(record))
+        except OSError as exc:
+            # A full disk loses curve points, never training: the learner goes on.
+            self.counters["metrics_log_errors"] += 1
+            self._metrics_log_error = str(exc)
+            self.get_logger().error(f"metrics log not written: {exc}", throttle_duration_sec=60.0)
+        else:
+            self._metrics_log_error = ""
 
     def destroy_node(self) -> None:
         self._stop.set()
