@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 IN_ENV := scripts/in_env.sh
 
-.PHONY: bootstrap demo test lint typecheck pytest constraints clean
+.PHONY: bootstrap demo test lint typecheck pytest test-faults docker-test constraints clean
 
 bootstrap:
 	@bash scripts/bootstrap.sh
@@ -26,6 +26,14 @@ typecheck: bootstrap
 
 pytest: bootstrap
 	$(IN_ENV) python -m pytest
+
+## The fault-injection suite alone (docs/faults.md; `make test` runs it too).
+test-faults: bootstrap
+	$(IN_ENV) python -m pytest -m faults
+
+## Build the robot image and run the launch files in it on the simulated profiles (needs Docker; docs/docker.md).
+docker-test:
+	bash docker/test.sh
 
 ## Re-pin requirements/constraints.txt from the current venv.
 constraints: bootstrap

@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from typing_extensions import Self
 
 
 def _normal_scheduling() -> None:
@@ -70,6 +73,30 @@ class Watched:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+    def interrupt(self, timeout: float = 10.0) -> int:
+        """Ctrl-C the process (unless it has ended) and wait for its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+        return self.wait_exit(timeout)
+
+    def stop_cleanly(self, timeout: float = 10.0) -> None:
+        """Ctrl-C the process and require what a node owes it: exit code 0 and no traceback."""
+        code = self.interrupt(timeout)
+        assert code == 0, f"exit code {code}:\n{self.output}"
+        assert "Traceback" not in self.output, self.output
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        """Leave nothing running, whatever the test did: Ctrl-C, then a kill if that was not enough."""
+        try:
+            self.interrupt()
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            self.kill()
 
 
 def node_process(module: str, namespace: str, profile: Path, **parameters: str) -> Watched:

@@ -5,7 +5,6 @@ base VLA cannot run here: the world's scripted expert stands in for it (that is 
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -26,13 +25,13 @@ from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.camera_publisher import SENSOR_QOS
 from pld_ros.policies.openpi_client import OpenpiClient, OpenpiServerError
 from pld_ros.sim.yam_gpu_insertion import READY_JOINTS, YamGpuInsertionWorld
+from tests.pld_ros.nodes.test_sim_world import VIEWS, assert_policy_views
 from tests.processes import node_process
 from tests.ros_probe import RosProbe
 
 pytestmark = pytest.mark.ros
 
 NAMESPACE = f"/sim_world_yam_test_{os.getpid()}"
-VIEWS = ("wrist", "side")
 INSERT = "insert the card into slot 1"
 PROFILE = """
 name: yam_world_test
@@ -162,21 +161,16 @@ def test_the_yam_world_follows_the_arm_scores_stages_reports_lost_parts_and_serv
     port = free_port()
     profile = tmp_path / "yam_world_test.yaml"
     profile.write_text(PROFILE.format(home=list(READY_JOINTS), port=port, insert=INSERT))
-    world = node_process("pld_ros.nodes.sim_world", NAMESPACE, profile)
-    arm = node_process("pld_ros.nodes.arm_driver", NAMESPACE, profile, arm="right")
-    try:
+    with (
+        node_process("pld_ros.nodes.sim_world", NAMESPACE, profile) as world,
+        node_process("pld_ros.nodes.arm_driver", NAMESPACE, profile, arm="right") as arm,
+    ):
         probe.spin_until(
             lambda: len(probe.views) == len(VIEWS) and len(probe.info) == len(VIEWS) and bool(probe.states),
             30,
             f"policy views, camera info and arm states (so far:\n{world.output}\n{arm.output})",
         )
-        for name in VIEWS:
-            view = probe.views[name]
-            assert (view.width, view.height, view.encoding) == (128, 128, "rgb8")
-            pixels = np.frombuffer(bytes(view.data), dtype=np.uint8).reshape(128, 128, 3)
-            assert pixels.std() > 10, f"the {name} view is blank"
-            assert probe.info[name].header.frame_id == f"{name}_camera_optical_frame"
-        assert probe.views["wrist"].data != probe.views["side"].data
+        assert_policy_views(probe.views, probe.info)
         # The card starts home: only unplug_return's head (3) holds.
         probe.spin_until(lambda: bool(probe.stage_success), 5, "sim/stage_success")
         assert probe.stage_success[-1].privileged and probe.scores() == [0.0, 0.0, 0.0, 1.0]
@@ -224,23 +218,13 @@ def test_the_yam_world_follows_the_arm_scores_stages_reports_lost_parts_and_serv
         assert int(values["policy_failed"]) == 1 and values["signal/unplug_return"] == "True"
         client.close()
 
-        world.process.send_signal(signal.SIGINT)
-        assert world.wait_exit(timeout=10) == 0, world.output
-    finally:
-        world.kill()
-        arm.process.send_signal(signal.SIGINT)
-        arm.wait_exit(timeout=10)
-        arm.kill()
-    assert "Traceback" not in world.output, world.output
+        world.stop_cleanly()
 
 
 def test_a_stage_without_a_world_signal_is_refused(tmp_path: Path) -> None:
     profile = tmp_path / "yam_world_test.yaml"
     text = PROFILE.format(home=list(READY_JOINTS), port=free_port(), insert=INSERT)
     profile.write_text(text.replace("{name: recover, head: 3", "{name: recover, head: 4"))
-    world = node_process("pld_ros.nodes.sim_world", NAMESPACE, profile)
-    try:
+    with node_process("pld_ros.nodes.sim_world", NAMESPACE, profile) as world:
         assert world.wait_exit(timeout=30) == 2
-    finally:
-        world.kill()
     assert "reward.stages[2]: stage 'recover': head 4" in world.output, world.output
