@@ -15,21 +15,21 @@ plotted (``pld runs loop``).
 from __future__ import annotations
 
 import argparse
-import shutil
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
-import yaml
 
+from bench.soak import (
+    add_common_arguments,
+    fresh_directory,
+    launched_graph,
+    print_loop_report,
+    write_overlay_profile,
+)
 from pld_msgs.srv import InjectFault
 from pld_ros.core.episode_log import read_episodes
-from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
 from pld_ros.profile import default_config_dir
 
 
@@ -37,33 +37,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=30.0)
+    add_common_arguments(parser, minutes=30.0, out="out/yam_graph_soak")
     parser.add_argument("--drop-every", type=float, default=45.0, help="mean seconds between drops")
     parser.add_argument("--stall-every", type=float, default=120.0, help="mean seconds between stalls")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=Path("out/yam_graph_soak"))
     args = parser.parse_args()
-    # Absolute: the profile resolves relative paths against its own directory.
-    args.out = args.out.resolve()
-
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.mkdir(parents=True)
-    profile = args.out / "yam_soak_sim.yaml"
-    profile.write_text(
-        yaml.safe_dump(
-            {
-                "extends": str(default_config_dir() / "yam_gpu_insertion_sim.yaml"),
-                "supervisor": {"run_directory": str(args.out / "runs")},
-                "buffer": {"directory": str(args.out / "episodes")},
-            }
-        )
-    )
-    log = (args.out / "graph.log").open("w")
-    graph = subprocess.Popen(
-        [sys.executable, "-m", "pld_ros.cli", "launch", str(profile), "--duration", str(args.minutes * 60.0)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
+    out = fresh_directory(args.out)
+    profile = write_overlay_profile(
+        out,
+        default_config_dir() / "yam_gpu_insertion_sim.yaml",
+        {"supervisor": {"run_directory": str(out / "runs")}, "buffer": {"directory": str(out / "episodes")}},
     )
     rng = np.random.default_rng(args.seed)
     rclpy.init()
@@ -73,41 +55,38 @@ def main() -> None:
     refused = {"drop": 0, "stall": 0}
     due = {"drop": rng.exponential(args.drop_every), "stall": rng.exponential(args.stall_every)}
     started = time.monotonic()
-    try:
-        while graph.poll() is None:
-            rclpy.spin_once(node, timeout_sec=0.2)
-            elapsed = time.monotonic() - started
-            for fault, at in due.items():
-                if elapsed < at or not client.service_is_ready():
-                    continue
-                future = client.call_async(InjectFault.Request(fault=fault))
-                rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
-                answer = future.result()
-                if answer is not None and answer.success:
-                    injected[fault] += 1
-                    print(f"{elapsed / 60.0:6.2f} min  {answer.message}", flush=True)
-                    mean = args.drop_every if fault == "drop" else args.stall_every
-                    due[fault] = elapsed + rng.exponential(mean)
-                else:
-                    # Nothing to drop right now (the card is not held): try again shortly.
-                    refused[fault] += 1
-                    due[fault] = elapsed + 0.5
-    except KeyboardInterrupt:
-        graph.send_signal(signal.SIGINT)
-    finally:
-        code = graph.wait()
-        node.destroy_node()
-        rclpy.shutdown()
-        log.close()
-    [run_dir] = (args.out / "runs").iterdir()
-    records = read_episodes(run_dir)
-    plot = plot_loop(records, args.out / "loop.png")
+    with launched_graph(profile, args.minutes, out / "graph.log") as graph:
+        try:
+            while graph.poll() is None:
+                rclpy.spin_once(node, timeout_sec=0.2)
+                elapsed = time.monotonic() - started
+                for fault, at in due.items():
+                    if elapsed < at or not client.service_is_ready():
+                        continue
+                    future = client.call_async(InjectFault.Request(fault=fault))
+                    rclpy.spin_until_future_complete(node, future, timeout_sec=5.0)
+                    answer = future.result()
+                    if answer is not None and answer.success:
+                        injected[fault] += 1
+                        print(f"{elapsed / 60.0:6.2f} min  {answer.message}", flush=True)
+                        mean = args.drop_every if fault == "drop" else args.stall_every
+                        due[fault] = elapsed + rng.exponential(mean)
+                    else:
+                        # Nothing to drop right now (the card is not held): try again shortly.
+                        refused[fault] += 1
+                        due[fault] = elapsed + 0.5
+        except KeyboardInterrupt:
+            pass
+    node.destroy_node()
+    rclpy.shutdown()
+    [run_dir] = (out / "runs").iterdir()
     print(
-        f"graph exited with {code}; injected: {injected['drop']} drops, {injected['stall']} stalls "
+        f"graph exited with {graph.returncode}; "
+        f"injected: {injected['drop']} drops, {injected['stall']} stalls "
         f"({refused['drop']} drop attempts found nothing held, {refused['stall']} stalls nothing asked)"
     )
-    print(format_loop_summary(summarize_loop(records)))
-    print(f"episode log: {run_dir / 'episodes.jsonl'}\nplot: {plot}\ngraph log: {args.out / 'graph.log'}")
+    plot = print_loop_report(read_episodes(run_dir), out)
+    print(f"episode log: {run_dir / 'episodes.jsonl'}\nplot: {plot}\ngraph log: {out / 'graph.log'}")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ stand in for the VLA and the classifier) on simulated time, writes the episode l
 from __future__ import annotations
 
 import argparse
-import shutil
-from pathlib import Path
 
-from pld_ros.core.loop_stats import format_loop_summary, plot_loop, summarize_loop
+from bench.soak import add_common_arguments, fresh_directory, print_loop_report
 from pld_ros.profile import load_profile
 from pld_ros.sim.yam_loop import LoopFaults, run_yam_loop
 
@@ -25,29 +23,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--minutes", type=float, default=30.0, help="simulated operating time")
+    add_common_arguments(parser, minutes=30.0, out="out/yam_loop")
     parser.add_argument("--drop-rate", type=float, default=0.003, help="chance per held tick of a drop")
     parser.add_argument("--stall-rate", type=float, default=0.03, help="chance per stage attempt of a stall")
     parser.add_argument("--knock-at", type=float, nargs="*", default=[], help="minutes of knock-overs")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", default="yam_gpu_insertion", help="its simulated variant runs")
-    parser.add_argument("--out", type=Path, default=Path("out/yam_loop"))
     args = parser.parse_args()
 
-    if args.out.exists():
-        shutil.rmtree(args.out)
+    out = fresh_directory(args.out)
     knocks = tuple(60.0 * minute for minute in args.knock_at)
     faults = LoopFaults(drop_rate=args.drop_rate, stall_rate=args.stall_rate, knock_times=knocks)
-    report = run_yam_loop(
-        load_profile(args.profile, sim=True), args.minutes, args.out, faults, seed=args.seed
-    )
-    summary = summarize_loop(report.records)
-    plot = plot_loop(report.records, args.out / "loop.png")
+    report = run_yam_loop(load_profile(args.profile, sim=True), args.minutes, out, faults, seed=args.seed)
     injected = ", ".join(f"{count} {name}" for name, count in report.injected.items())
     print(f"{args.minutes:g} simulated minutes ({report.ticks} ticks) in {report.compute_s:.1f} s")
     print(f"injected: {injected}")
-    print(format_loop_summary(summary))
-    print(f"episode log: {args.out / 'episodes.jsonl'}\nplot: {plot}")
+    plot = print_loop_report(report.records, out)
+    print(f"episode log: {out / 'episodes.jsonl'}\nplot: {plot}")
 
 
 if __name__ == "__main__":
