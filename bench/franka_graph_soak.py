@@ -198,7 +198,12 @@ def main() -> None:
     )
     add_common_arguments(parser, minutes=60.0, out="out/franka_graph_soak")
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
-    parser.add_argument("--capacity", type=int, default=15_000, help="transitions per replay buffer")
+    parser.add_argument(
+        "--capacity",
+        type=int,
+        default=5_000,
+        help="transitions per replay buffer (about 100 kB each: full after some 50 episodes)",
+    )
     args = parser.parse_args()
     out = fresh_directory(args.out)
     profile = write_overlay_profile(
@@ -206,8 +211,9 @@ def main() -> None:
         default_config_dir() / "franka_pick_cube_sim.yaml",
         {
             "supervisor": {"run_directory": str(out / "runs")},
-            # Two 128x128 views make a transition about 100 kB: a bounded buffer shows whether
-            # memory levels off once it is full, within the hour and this machine's 24 GB.
+            # Two 128x128 views make a transition about 100 kB, so the profile's million would be
+            # 100 GB: a buffer that fills within the first quarter of the hour shows whether
+            # memory levels off once it is full.
             "buffer": {"directory": str(out / "episodes"), "capacity": args.capacity},
             "trainer": {"in_graph": True, "directory": str(out / "trainer")},
             "recording": {"enabled": True, "directory": str(out / "bags")},

@@ -71,6 +71,17 @@ def test_cal_ql_pretraining_runs_once_then_updates_follow_the_data() -> None:
     assert stage1.sac.pretrain_updates == CONFIG.calql_pretrain_steps  # not repeated
 
 
+def test_max_updates_bounds_the_pretraining_too_so_the_caller_can_take_new_episodes() -> None:
+    stage1 = learner(warmup=0)
+    stage1.add(episode(10, True, seed=1), "offline")
+    stage1.add(episode(20, False, seed=2), "online")
+    stage1.train(max_updates=2)
+    assert stage1.sac.pretrain_updates == 2 and stage1.sac.updates == 0
+    # The rest of the pretraining, then online updates with what is left of the call's steps.
+    stage1.train(max_updates=CONFIG.calql_pretrain_steps - 2 + 3)
+    assert stage1.sac.pretrain_updates == CONFIG.calql_pretrain_steps and stage1.sac.updates == 3
+
+
 def test_training_stops_when_asked() -> None:
     stage1 = learner(warmup=0)
     stage1.add(episode(30, True), "offline")

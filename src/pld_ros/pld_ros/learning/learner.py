@@ -18,6 +18,7 @@ benchmark (episodes from a simulator loop), so both run one recipe.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +113,10 @@ class Learner:
     def train(
         self, max_updates: int | None = None, stop: Callable[[], bool] = lambda: False
     ) -> dict[str, float]:
-        """Pretrain if due, then run the update budget (at most ``max_updates``), checking ``stop``
-        between updates. Returns the mean of each metric over the updates run (empty if none)."""
+        """Pretrain if due, then run the update budget, checking ``stop`` between updates: at most
+        ``max_updates`` steps in all, pretraining steps included, so that a caller that feeds the
+        buffers between calls is not shut out for the whole pretraining (hours on a CPU with
+        images). Returns the mean of each metric over the steps run (empty if none)."""
         if not self.warmed_up:
             return {}
         totals: dict[str, float] = {}
@@ -125,14 +128,16 @@ class Learner:
                 counts[key] = counts.get(key, 0) + 1
 
         batch_size = self.config.batch_size
-        while not self.pretrained and not stop():
+        steps_left = math.inf if max_updates is None else max_updates
+        while not self.pretrained and steps_left > 0 and not stop():
             record(
                 {
                     f"pretrain_{k}": v
                     for k, v in self.sac.pretrain_step(self.offline.sample(batch_size, self._rng)).items()
                 }
             )
-        budget = self.update_budget if max_updates is None else min(self.update_budget, max_updates)
+            steps_left -= 1
+        budget = 0 if not self.pretrained else int(min(self.update_budget, steps_left))
         for _ in range(budget):
             if stop():
                 break
