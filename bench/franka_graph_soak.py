@@ -162,10 +162,13 @@ def plot(processes: list[ProcessSample], timing: list[TimingSample], path: Path)
     by_name: dict[str, list[ProcessSample]] = defaultdict(list)
     for sample in processes:
         by_name[sample.name].append(sample)
-    for name, samples in sorted(by_name.items()):
+    # More processes than the default cycle's 10 colours: one colour each.
+    colours = plt.get_cmap("tab20")
+    for index, (name, samples) in enumerate(sorted(by_name.items())):
+        colour = colours(index % 20)
         minutes = [s.seconds / 60.0 for s in samples]
-        axes[0].plot(minutes, [s.rss_mb for s in samples], label=name)
-        axes[1].plot(minutes, [s.fds for s in samples], label=name)
+        axes[0].plot(minutes, [s.rss_mb for s in samples], label=name, color=colour)
+        axes[1].plot(minutes, [s.fds for s in samples], label=name, color=colour)
     axes[0].set_ylabel("resident memory (MB)")
     axes[0].legend(fontsize=7, ncol=3)
     axes[1].set_ylabel("open file descriptors")
