@@ -57,7 +57,7 @@ from pld_ros.nodes.step_records import ending_of, tick_of
 from pld_ros.policies.residual import actor_config, xi_at
 
 TRAIN_CHUNK = 50
-"""Updates between two looks at the incoming episodes and the publishing schedule."""
+"""Updates between two looks at the publishing schedule (an incoming episode ends a chunk early)."""
 KEEP_WEIGHTS = 5
 """Published weight files kept on disk; older ones are deleted (a robot fetches the newest)."""
 METRICS_PERIOD = 1.0
@@ -209,7 +209,9 @@ class TrainerNode(Node):
                 if not self.learner.pretrained or self.learner.update_budget:
                     # Stop at the next publication, so every version lands on its update count.
                     chunk = min(TRAIN_CHUNK, self._next_publish - self.learner.sac.updates)
-                    metrics = self.learner.train(max_updates=chunk, stop=self._stop.is_set)
+                    # An episode that arrives cuts the chunk short: on a CPU an image update
+                    # takes seconds, and the queue would otherwise hold episodes for minutes.
+                    metrics = self.learner.train(max_updates=chunk, stop=self._yield_to_episodes)
                     if metrics:
                         self._metrics = metrics
                     if self.learner.sac.updates >= self._next_publish:
@@ -219,6 +221,9 @@ class TrainerNode(Node):
         except Exception as exc:
             # A bug, not a fault: stop the node with the reason, the launcher reports it.
             fail_node(self, f"learner crashed: {type(exc).__name__}: {exc}")
+
+    def _yield_to_episodes(self) -> bool:
+        return self._stop.is_set() or not self._episodes.empty()
 
     def _take_episodes(self) -> None:
         while True:
