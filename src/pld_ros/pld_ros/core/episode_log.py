@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pld_ros.core.json_lines import JsonLines, read_json_lines
+from pld_ros.core.json_lines import JsonLines, read_records
 
 EPISODES_FILE = "episodes.jsonl"
 """Name of the episode log in a run directory."""
@@ -94,13 +94,7 @@ def read_episodes(path: Path) -> list[EpisodeRecord]:
     """
     if path.is_dir():
         path = path / EPISODES_FILE
-    records = []
-    for number, data in read_json_lines(path):
-        try:
-            records.append(EpisodeRecord.from_json(data))
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: not an episode record: {exc}") from None
-    return records
+    return read_records(path, EpisodeRecord.from_json, "an episode record")
 
 
 def run_directory_name(profile_name: str, stamp: str) -> str:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class JsonLines:
@@ -64,4 +66,17 @@ def read_json_lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 break
             raise ValueError(f"{path}:{number}: not a JSON object: {exc}") from None
         records.append((number, record))
+    return records
+
+
+def read_records(path: Path, parse: Callable[[dict[str, Any]], T], what: str) -> list[T]:
+    """The records of a JSON-lines log, each object turned into one by ``parse``
+    (:func:`read_json_lines` for the torn last line); a ValueError names the file and line of an
+    object ``parse`` refuses, as ``not <what>``."""
+    records = []
+    for number, data in read_json_lines(path):
+        try:
+            records.append(parse(data))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}:{number}: not {what}: {exc}") from None
     return records

@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from pld_ros.core.json_lines import read_json_lines
+from pld_ros.core.json_lines import read_records
 
 METRICS_FILE = "metrics.jsonl"
 """Name of the metrics log in the trainer's directory."""
@@ -71,13 +71,7 @@ def read_training_log(path: Path) -> list[TrainingRecord]:
     names the file and line of a damaged one."""
     if path.is_dir():
         path = path / METRICS_FILE
-    records = []
-    for number, data in read_json_lines(path):
-        try:
-            records.append(TrainingRecord.from_json(data))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: not a training record: {exc}") from None
-    return records
+    return read_records(path, TrainingRecord.from_json, "a training record")
 
 
 def plot_training(records: Sequence[TrainingRecord], path: Path) -> Path:
