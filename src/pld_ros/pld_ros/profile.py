@@ -120,6 +120,9 @@ class FrankyArm(_Arm):
     """Grasp force, N."""
     max_gripper_width: PositiveFloat = 0.08
     """Finger opening at closure 0, m."""
+    gripper_timeout: PositiveFloat = 5.0
+    """Seconds a hand command may go unanswered before it is given up and the hand commanded anew
+    (a full stroke at the default speed takes 1.6 s)."""
 
 
 class I2rtArm(_Arm):

@@ -6,6 +6,7 @@ project's safety layer at work.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from pld_ros.core import safety
 from pld_ros.core.arm_controller import ArmController, ArmMode, TickReport
 from pld_ros.core.rate import RateKeeper, RobotClock
 from pld_ros.core.safety import DeltaCommand
-from pld_ros.drivers.franky_arm import FrankyBackend, hand_request
+from pld_ros.drivers.franky_arm import FrankyBackend, _Hand, hand_request
 from pld_ros.profile import FrankyArm, SafetyLimits
 from tests.franky_sim import start_franky_sim
 from tests.processes import Watched
@@ -252,3 +253,53 @@ def test_a_hand_command_that_did_not_happen_is_sent_again(
     closure: float, closed: bool | None, measured: float, busy: bool, expected: bool | None
 ) -> None:
     assert hand_request(closure, closed, measured, busy) is expected
+
+
+class HangingGripper:
+    """Stands in for franky.Gripper with a grasp that is never answered, as franky-sim did in a
+    soak (a hang cannot be provoked on cue there). ``stop_answers``: the hung command returns when
+    the hand is told to stop, as a real Franka Hand's does."""
+
+    def __init__(self, *, stop_answers: bool) -> None:
+        self.commands: list[str] = []
+        self.stops = 0
+        self._stop_answers = stop_answers
+        self._answer = threading.Event()
+
+    def grasp(self, *_: object, **__: object) -> None:
+        self.commands.append("grasp")
+        self._answer.wait()
+
+    def move(self, width: float, _speed: float) -> None:
+        self.commands.append(f"move {width:.2f}")
+
+    def stop(self) -> None:
+        self.stops += 1
+        if self._stop_answers:
+            self._answer.set()
+
+    def hang_up(self) -> None:
+        self._answer.set()
+
+
+@pytest.mark.parametrize("stop_answers", [False, True])
+def test_a_hand_command_left_unanswered_is_given_up_and_the_next_one_runs(stop_answers: bool) -> None:
+    gripper = HangingGripper(stop_answers=stop_answers)
+    hand = _Hand(gripper, CONFIG.model_copy(update={"gripper_timeout": 0.3}))
+    try:
+        hand.request(True, 0.0)
+        time.sleep(0.1)
+        hand.request(False, 0.08)  # queued behind the hung grasp
+        queued = hand.busy
+        assert queued
+        deadline = time.monotonic() + 3.0
+        while hand.busy and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not hand.busy
+        assert gripper.commands == ["grasp", "move 0.08"]
+        assert gripper.stops == 1
+        # Stopped and answered, a command is done with; one that still hangs is left behind.
+        assert hand.abandoned == (0 if stop_answers else 1)
+    finally:
+        gripper.hang_up()
+        hand.release()

@@ -13,6 +13,7 @@ opens to ``max_gripper_width * (1 - closure)``; in between nothing changes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from typing import Any
@@ -23,6 +24,8 @@ import numpy as np
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmFault, ArmState
 from pld_ros.profile import FrankyArm
+
+_log = logging.getLogger(__name__)
 
 # libfranka's errors derive from franky.Exception (which shadows the builtin name there); franky's
 # own gripper and motion errors derive from the builtin Exception, and its motion planner (Ruckig)
@@ -70,6 +73,12 @@ class _Hand:
     then destroys the Gripper waits for that, holding the GIL: the whole process froze for 61 s
     (measured against a killed franky-sim). Here the worker thread owns the Gripper and lets it go
     only once its last command has returned, so nobody else ever waits on it.
+
+    A command can also never be answered: franky-sim answers only once the fingers have been still
+    for 100 simulation steps, and never answers a command that a later one replaced. In a soak the
+    hand then stayed closed for good, the open request queued behind the hung grasp. So a command
+    that goes unanswered for ``gripper_timeout`` is stopped (a real hand answers the hung command
+    then) and, if it still hangs, left to its thread while the next request runs.
     """
 
     def __init__(self, gripper: Any, config: FrankyArm) -> None:
@@ -79,6 +88,8 @@ class _Hand:
         self._request: tuple[bool, float] | None = None
         self._running = False
         self._stopped = False
+        self.abandoned = 0
+        """Commands given up unanswered."""
         threading.Thread(target=self._work, args=(gripper,), name="franka-hand", daemon=True).start()
 
     def state(self) -> tuple[float, bool]:
@@ -107,9 +118,9 @@ class _Hand:
     def _work(self, gripper: Any) -> None:
         # libfranka busy-waits for a hand command's reply (up to ~60 s when the robot vanished:
         # 90 % of a core, measured), and this thread inherits the control thread's SCHED_FIFO 99.
-        # The hand has no deadline, so it runs at normal priority and cannot starve anything.
+        # The hand has no deadline, so it runs at normal priority and cannot starve anything
+        # (the command threads it starts inherit that).
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        cfg = self._config
         while True:
             with self._wakeup:
                 self._wakeup.wait_for(lambda: self._stopped or self._request is not None)
@@ -118,9 +129,27 @@ class _Hand:
                 assert self._request is not None
                 (close, width), self._request = self._request, None
                 self._running = True
-            # Failures are not reported from here: a hand that lost its connection shows up in the
-            # next state read, a grasp that closes on nothing is not a fault, and a command that
-            # failed is sent again (hand_request).
+            try:
+                if not self._execute(gripper, close, width):
+                    self.abandoned += 1
+                    _log.warning(
+                        "Franka hand: %s command unanswered after %.1f s, given up",
+                        "grasp" if close else "open",
+                        self._config.gripper_timeout,
+                    )
+            finally:
+                with self._wakeup:
+                    self._running = False
+
+    def _execute(self, gripper: Any, close: bool, width: float) -> bool:
+        """Run one hand command on a thread of its own; False when it was given up unanswered."""
+        cfg = self._config
+        answered = threading.Event()
+
+        def command() -> None:
+            # Failures are not reported from here: a hand that lost its connection shows up in
+            # the next state read, a grasp that closes on nothing is not a fault, and a command
+            # that failed is sent again (hand_request).
             try:
                 with contextlib.suppress(*_ERRORS):
                     if close:
@@ -134,8 +163,14 @@ class _Hand:
                     else:
                         gripper.move(width, cfg.gripper_speed)
             finally:
-                with self._wakeup:
-                    self._running = False
+                answered.set()
+
+        threading.Thread(target=command, name="franka-hand-command", daemon=True).start()
+        if answered.wait(cfg.gripper_timeout):
+            return True
+        with contextlib.suppress(*_ERRORS):
+            gripper.stop()
+        return answered.wait(1.0)
 
 
 class FrankyBackend:
@@ -271,11 +306,17 @@ class FrankyBackend:
     def close(self) -> None:
         # Bring a live arm to rest before letting go; on a dead link these calls fail fast and
         # are irrelevant. robot.stop() is avoided: racing a dying connection it can crash libfranka.
-        if self._robot is not None:
+        # No motion may be left running: the Robot's destructor waits for its control thread
+        # while holding the GIL, and against a franky-sim in the same process (SimRollouts) that
+        # thread waits for the simulator's answer, which needs the GIL: the process hung for good.
+        robot = self._robot
+        if robot is not None:
             with contextlib.suppress(*_ERRORS, ArmFault):
-                if self._robot.is_in_control:
-                    self.hold()
-                    self._robot.join_motion(timeout=1.0)
+                if robot.is_in_control:
+                    # A joint motion (a reset) refuses a Cartesian target and runs to its end.
+                    with contextlib.suppress(*_ERRORS, ArmFault):
+                        self.hold()
+                    robot.join_motion(timeout=self._move_timeout)
         if self._hand is not None:
             self._hand.release()
         self._hand = None
