@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,35 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "config"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+HANG_LIMIT = 900.0
+"""s one test may take, fixtures included, before the session is ended (the longest timeout a
+test sets is 600 s)."""
+_hang_report_fd = -1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Output capture is suspended while plugins are configured: this is the terminal's stderr.
+    global _hang_report_fd
+    _hang_report_fd = os.dup(2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(
+    item: pytest.Item, nextitem: pytest.Item | None
+) -> Generator[None, object, object]:
+    """End a hung session with every thread's traceback, rather than leave CI waiting.
+
+    pytest-timeout interrupts a test from Python, which a thread stuck in C++ while holding the
+    GIL never lets run (a franky Robot destructor did that in a module fixture's teardown);
+    faulthandler's watchdog is C and needs no GIL. The protocol covers setup, call and teardown,
+    module fixtures' teardown included.
+    """
+    faulthandler.dump_traceback_later(HANG_LIMIT, exit=True, file=_hang_report_fd)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session", autouse=True)

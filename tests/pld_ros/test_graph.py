@@ -106,8 +106,9 @@ def test_the_supervisor_ends_the_run_and_takes_the_episode_count_override() -> N
     profile = load_profile("franka_pick_cube", sim=True, config_dir=CONFIG_DIR)
     default = build_graph(profile, Path("/p.yaml")).node("supervisor")
     assert default.ends_run and "episodes" not in default.parameters
-    # The residual policy only speaks within episodes: its heartbeat shows it is up.
-    assert default.parameters["requires"] == ["/residual_policy"]
+    # The residual policy only speaks within episodes: its heartbeat shows it is up; an episode
+    # the replay buffer never saw would be lost.
+    assert default.parameters["requires"] == ["/residual_policy", "/replay_buffer"]
     assert build_graph(profile, Path("/p.yaml"), episodes=3).node("supervisor").parameters["episodes"] == 3
 
 

@@ -76,7 +76,12 @@ def _episode_layer(
         )
         if profile.trainer.in_graph:
             nodes.append(NodeSpec(name="trainer", executable="trainer", parameters=dict(profile_parameter)))
-        supervisor: dict[str, ParameterValue] = {**profile_parameter, "requires": ["/residual_policy"]}
+        # No episode before the replay buffer is up: one it never saw is robot time lost (under
+        # load its process can take longer to start than the first reset).
+        supervisor: dict[str, ParameterValue] = {
+            **profile_parameter,
+            "requires": ["/residual_policy", "/replay_buffer"],
+        }
         if episodes is not None:
             supervisor["episodes"] = episodes
         nodes.append(

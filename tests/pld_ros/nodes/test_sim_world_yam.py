@@ -191,7 +191,7 @@ def test_the_yam_world_follows_the_arm_scores_stages_reports_lost_parts_and_serv
             assert chunk.shape == (10, 7)
             return np.asarray(chunk[0])
 
-        probe.drive(expert_row, 20.0, "the card in slot 1")
+        probe.drive(expert_row, 40.0, "the card in slot 1")
         assert probe.scores() == [1.0, 0.0, 0.0, 0.0]
         probe.spin_for(0.3)
         assert bytes(probe.views["wrist"].data) != wrist_before, "the wrist camera did not move"

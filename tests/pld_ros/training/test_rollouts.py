@@ -134,8 +134,10 @@ def test_episodes_start_at_a_random_offset_from_home_as_the_supervisors_resets_d
         starts = [rollouts.run_episode(still, seed=seed).proprio[0, :3] for seed in (1, 2, 1)]
     finally:
         rollouts.config = config
-    # Within the box up to the reach tolerance and the arm's settling (a few mm on a loaded machine).
+    # Within the box up to the reach tolerance and the arm's settling (up to 6 mm seen on a loaded
+    # CI machine).
+    settling = 0.01
     for start in starts:
-        assert np.all(np.abs(start - home) <= 0.03 + 0.005), (start, home)
-    assert np.linalg.norm(starts[0] - starts[1]) > 0.02  # seeds 1 and 2 draw offsets 4.4 cm apart
-    assert np.linalg.norm(starts[0] - starts[2]) < 0.005  # the same seed, the same start
+        assert np.all(np.abs(start - home) <= 0.03 + settling), (start, home)
+    assert np.linalg.norm(starts[0] - starts[1]) > 0.02 + settling  # seeds 1 and 2: offsets 4.4 cm apart
+    assert np.linalg.norm(starts[0] - starts[2]) < settling  # the same seed, the same start
