@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import random
 from collections.abc import Generator, Iterator
@@ -78,3 +79,19 @@ def normal_scheduling() -> Iterator[None]:
     policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
     yield
     os.sched_setscheduler(0, policy, param)
+
+
+@pytest.fixture(scope="module")
+def frozen_heap() -> Iterator[None]:
+    """For modules that run franky-sim inside the test process (FrankaPickCubeWorld).
+
+    Its physics loop is Python, so it stops whenever the garbage collector holds the GIL. Late in
+    the suite the test process holds millions of objects and a full collection takes long enough
+    for the simulated arm's commanded velocities to jump: franky's planner then fails ("Motion
+    planner failed with error code -111", reproduced by keeping 3 million dicts alive). Freezing
+    what is alive now keeps those objects out of every later collection.
+    """
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()

@@ -31,7 +31,7 @@ WIDTH, HEIGHT = 112, 96
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[FrankaPickCubeWorld]:
+def world(frozen_heap: None) -> Iterator[FrankaPickCubeWorld]:
     with FrankaPickCubeWorld(HOST, render_width=WIDTH, render_height=HEIGHT, seed=7) as started:
         yield started
 

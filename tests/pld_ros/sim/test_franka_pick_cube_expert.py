@@ -26,7 +26,7 @@ MAX_TICKS = 200
 
 
 @pytest.fixture(scope="module")
-def rollouts() -> Iterator[SimRollouts]:
+def rollouts(frozen_heap: None) -> Iterator[SimRollouts]:
     profile = load_profile("franka_pick_cube", sim=True)
     arm = profile.arms["arm"]
     assert isinstance(arm, FrankyArm)

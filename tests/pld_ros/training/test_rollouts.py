@@ -27,7 +27,7 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def rollouts() -> Iterator[SimRollouts]:
+def rollouts(frozen_heap: None) -> Iterator[SimRollouts]:
     arm = load_profile("franka_pick_cube", sim=True).arms["arm"]
     assert isinstance(arm, FrankyArm)
     with (
