@@ -176,9 +176,14 @@ class _Hand:
 class FrankyBackend:
     """:class:`~pld_ros.drivers.arm.ArmBackend` for a Franka arm with its hand."""
 
-    def __init__(self, config: FrankyArm, *, move_timeout: float = 20.0) -> None:
+    def __init__(self, config: FrankyArm, *, move_timeout: float = 20.0, close_timeout: float = 1.0) -> None:
+        """``move_timeout``: s a joint motion may take. ``close_timeout``: s close() waits for a
+        running motion to end. A Robot dropped mid-motion waits in its destructor for the motion,
+        holding the GIL: against a franky-sim in the same process, whose answers need the GIL, that
+        never ends, so such a process gives close() as long as a motion can take."""
         self._config = config
         self._move_timeout = move_timeout
+        self._close_timeout = close_timeout
         self._robot: Any = None
         self._hand: _Hand | None = None
         self._gripper_closed: bool | None = None
@@ -306,9 +311,6 @@ class FrankyBackend:
     def close(self) -> None:
         # Bring a live arm to rest before letting go; on a dead link these calls fail fast and
         # are irrelevant. robot.stop() is avoided: racing a dying connection it can crash libfranka.
-        # No motion may be left running: the Robot's destructor waits for its control thread
-        # while holding the GIL, and against a franky-sim in the same process (SimRollouts) that
-        # thread waits for the simulator's answer, which needs the GIL: the process hung for good.
         robot = self._robot
         if robot is not None:
             with contextlib.suppress(*_ERRORS, ArmFault):
@@ -316,7 +318,7 @@ class FrankyBackend:
                     # A joint motion (a reset) refuses a Cartesian target and runs to its end.
                     with contextlib.suppress(*_ERRORS, ArmFault):
                         self.hold()
-                    robot.join_motion(timeout=self._move_timeout)
+                    robot.join_motion(timeout=self._close_timeout)
         if self._hand is not None:
             self._hand.release()
         self._hand = None

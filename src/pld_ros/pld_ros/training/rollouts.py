@@ -198,7 +198,10 @@ class SimRollouts:
         self.config = config or RolloutConfig()
         self.prompt = prompt
         self._log = log
-        self.controller = ArmController(FrankyBackend(self.arm), self.arm.safety)
+        # franky-sim runs in this process: the arm must be at rest before the Robot is dropped, and
+        # a joint motion may take move_timeout (20 s).
+        backend = FrankyBackend(self.arm, close_timeout=20.0)
+        self.controller = ArmController(backend, self.arm.safety)
         self._connected = False
 
     def __enter__(self) -> SimRollouts:
