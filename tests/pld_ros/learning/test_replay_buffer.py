@@ -119,6 +119,15 @@ def test_whole_oldest_episodes_are_evicted_beyond_the_capacity() -> None:
         buffer.add(episode(4.0, 11))
 
 
+def test_the_size_of_a_transition_is_known_once_the_shapes_are() -> None:
+    buffer = ReplayBuffer(capacity=10, discount=0.9)
+    assert buffer.bytes_per_transition is None
+    buffer.add(episode(1.0, 4, images=True))
+    # remaining (int64), state (2), base action (7), residual (7), reward, done, return: float32;
+    # two 4x4 RGB views: bytes.
+    assert buffer.bytes_per_transition == 8 + 4 * (2 + 7 + 7 + 3) + 2 * 4 * 4 * 3
+
+
 def test_many_adds_keep_exactly_the_newest_episodes_intact() -> None:
     # Enough episodes of random lengths to go through several compactions and growths.
     rng = np.random.default_rng(3)

@@ -135,6 +135,8 @@ def test_the_trainer_learns_from_streamed_episodes_publishes_verified_weights_an
         # versions of weights, one every 4 updates, after the 3 Cal-QL steps.
         metrics = robot.wait_metrics("8 updates", lambda m: m.updates == 8 and m.version == 2, trainer)
         assert metrics.episodes == 2 and metrics.offline_transitions == 7 and metrics.online_transitions > 0
+        # What full buffers will take is said once the first episode fixes the shapes.
+        trainer.wait_for(r"replay buffers: [\d.]+ kB per transition, [\d.]+ GB once both hold", 5.0)
         probe.spin_until(lambda: any(w.version == 2 for w in robot.weights), 20.0, "weights version 2")
         announced = next(w for w in robot.weights if w.version == 2)
         # What the residual node does with an announcement: checksum, size, tensor names and shapes.

@@ -122,6 +122,14 @@ class ReplayBuffer:
     def episodes(self) -> int:
         return len(self._episodes)
 
+    @property
+    def bytes_per_transition(self) -> int | None:
+        """Memory one stored transition takes (None before the first episode fixes the shapes):
+        times ``capacity``, what the buffer holds once full, headroom aside."""
+        if not self._arrays:
+            return None
+        return sum(array.itemsize * int(np.prod(array.shape[1:])) for array in self._arrays.values())
+
     def add(self, episode: EpisodeSteps) -> None:
         """Store ``episode`` whole, evicting the oldest episodes beyond the capacity.
 

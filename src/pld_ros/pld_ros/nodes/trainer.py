@@ -29,6 +29,7 @@ It runs on the robot's computer or on another machine (a GPU box) on the same RO
 from __future__ import annotations
 
 import hashlib
+import os
 import queue
 import re
 import socket
@@ -48,6 +49,7 @@ from pld_ros.core.training_log import METRICS_FILE, TrainingRecord
 from pld_ros.learning.episode_assembler import Assembled, Dropped, EpisodeAssembler
 from pld_ros.learning.episode_store import EpisodeStore, RecordedEpisode, buffer_for, learning_steps
 from pld_ros.learning.learner import Learner
+from pld_ros.learning.replay_buffer import ReplayBuffer
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, episodes_qos
@@ -116,6 +118,7 @@ class TrainerNode(Node):
             "metrics_log_errors": 0,
         }
         self._metrics_log_error = ""
+        self._memory_reported = False
         self._restore()
         versions = published_versions(self.weights_dir)
         self.version = versions[-1] if versions else 0
@@ -170,6 +173,30 @@ class TrainerNode(Node):
         steps = learning_steps(episode)
         if buffer is not None and steps is not None:
             self.learner.add(steps, buffer)
+            if not self._memory_reported:
+                self._report_memory(self.learner.offline if buffer == "offline" else self.learner.online)
+
+    def _report_memory(self, filled: ReplayBuffer) -> None:
+        """Say once what the buffers will take when full: the default capacity suits state
+        observations, and with images it can exceed the machine (two 128x128 views make a
+        transition about 100 kB: a million of them, 100 GB per buffer)."""
+        size = filled.bytes_per_transition
+        if size is None:
+            return
+        self._memory_reported = True
+        capacity = filled.capacity
+        full = 2 * size * capacity  # offline and online, the same capacity each
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        message = (
+            f"replay buffers: {size / 1e3:.1f} kB per transition, {full / 1e9:.1f} GB once both "
+            f"hold buffer.capacity ({capacity} transitions)"
+        )
+        if full > physical:
+            self.get_logger().warning(
+                f"{message}: more than this machine's {physical / 1e9:.1f} GB, lower buffer.capacity"
+            )
+        else:
+            self.get_logger().info(message)
 
     def _on_record(self, record: StepRecord) -> None:
         self.counters["records"] += 1
