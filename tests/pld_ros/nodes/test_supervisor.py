@@ -194,15 +194,15 @@ def test_the_supervisor_resets_runs_ends_aborts_recovers_and_pauses(side: Policy
         )
         start = position(side.states[-1])
         first = side.wait_event(EpisodeEvent.STARTED, 1, 40, supervisor)
-        assert first.mode.value == RunMode.BASE_ONLY and first.probe_steps == 20
+        assert first.mode.value == RunMode.BASE_ONLY and first.probe_steps == 40
         assert np.all(np.abs(position(side.states[-1]) - start) <= 0.02 + 0.006)
         side.wait_log(supervisor, r"scene reset: cube at", 5)
-        side.wait_log(supervisor, r"episode 1 started: mode base_only, k=20", 5)
+        side.wait_log(supervisor, r"episode 1 started: mode base_only, k=40", 5)
         ended = side.wait_event(EpisodeEvent.ENDED, 1, 10, supervisor)
         assert (ended.outcome.value, ended.reason, ended.step) == (
             EpisodeOutcome.FAILURE,
-            "step limit (20 steps)",
-            20,
+            "step limit (40 steps)",
+            40,
         )
 
         # Probe then takeover, announced at the first COMBINED command.

@@ -7,7 +7,6 @@ franky-sim) via SimRollouts. The world binds franky-sim to 127.0.0.41.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,41 +25,42 @@ MAX_TICKS = 200
 
 
 @pytest.fixture(scope="module")
-def rollouts(frozen_heap: None) -> Iterator[SimRollouts]:
-    profile = load_profile("franka_pick_cube", sim=True)
-    arm = profile.arms["arm"]
+def arm(frozen_heap: None) -> FrankyArm:
+    arm = load_profile("franka_pick_cube", sim=True).arms["arm"]
     assert isinstance(arm, FrankyArm)
-    with (
-        FrankaPickCubeWorld(HOST, seed=3) as world,
-        SimRollouts(
-            world, arm, ("wrist", "side"), RolloutConfig(max_steps=MAX_TICKS, success_ticks=3)
-        ) as runner,
-    ):
-        yield runner
+    return arm
 
 
-def run(rollouts: SimRollouts, expert: FrankaPickCubeExpert, seed: int) -> Episode:
-    # franky's motion planner fails now and then on a loaded machine, in the reset or in the
-    # episode (the arm faults, which is no verdict on the expert): up to three tries.
+def lift(arm: FrankyArm, seed: int) -> Episode:
+    """One expert episode without a fault. franky's motion planner fails now and then in the
+    suite ("Motion planner failed", in the reset or in the episode: the arm faults, which is no
+    verdict on the expert), so a fault ends the try, and the next starts from a fresh world with
+    the next seed: up to three tries."""
     fault = ""
-    for _ in range(3):
-        try:
-            episode = rollouts.run_episode(expert_policy(expert), seed)
-        except ArmFault as error:
-            fault = str(error)
-            continue
+    for attempt in range(3):
+        with (
+            FrankaPickCubeWorld(HOST, seed=3 + attempt) as world,
+            SimRollouts(
+                world, arm, ("wrist", "side"), RolloutConfig(max_steps=MAX_TICKS, success_ticks=3)
+            ) as rollouts,
+        ):
+            expert = FrankaPickCubeExpert(world.cube_pose, ExpertConfig())
+            try:
+                episode = rollouts.run_episode(expert_policy(expert), seed + attempt)
+            except ArmFault as error:
+                fault = str(error)
+                continue
         if not episode.fault:
             return episode
         fault = episode.fault
     raise AssertionError(f"three tries faulted, the last: {fault}")
 
 
-def test_expert_lifts_the_cube_through_the_arm_controller(rollouts: SimRollouts) -> None:
-    expert = FrankaPickCubeExpert(rollouts.world.cube_pose, ExpertConfig())
-    episode = run(rollouts, expert, seed=11)
+def test_expert_lifts_the_cube_through_the_arm_controller(arm: FrankyArm) -> None:
+    episode = lift(arm, seed=11)
     assert episode.succeeded, f"not lifted in {MAX_TICKS} ticks"
     assert episode.success[-3:].all()
-    limits = rollouts.arm.safety
+    limits = arm.safety
     steps = np.linalg.norm(episode.actions[:, :3], axis=1)
     assert steps.max() <= limits.max_translation_step
     assert np.linalg.norm(episode.actions[:, 3:6], axis=1).max() <= limits.max_rotation_step
