@@ -24,6 +24,8 @@ from pld_ros.sim.franka_pick_cube import (
 )
 from tests.franka_pick import move_to, pick_up
 
+pytestmark = pytest.mark.sim_in_process
+
 HOST = "127.0.0.20"
 SPARE_HOST = "127.0.0.21"
 # Not square, so that a swapped width and height shows.

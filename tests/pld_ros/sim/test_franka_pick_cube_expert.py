@@ -19,6 +19,8 @@ from pld_ros.sim.franka_pick_cube_expert import ExpertConfig, FrankaPickCubeExpe
 from pld_ros.training.commands import expert_policy
 from pld_ros.training.rollouts import Episode, RolloutConfig, SimRollouts
 
+pytestmark = pytest.mark.sim_in_process
+
 HOST = "127.0.0.41"
 MAX_TICKS = 200
 """10 s at 20 Hz; the expert needs 60-120 ticks."""

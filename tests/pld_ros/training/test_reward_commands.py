@@ -124,6 +124,7 @@ def test_a_malformed_dataset_file_is_a_clear_error(dataset: Path, tmp_path: Path
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.sim_in_process
 def test_collect_labels_simulated_frames_by_the_privileged_signal(tmp_path: Path) -> None:
     """One scripted-expert episode in the real simulated franka_pick_cube world (franky-sim)."""
     args = ("collect", "franka_pick_cube", "--episodes", "1", "--out", str(tmp_path), "--seed", "3")

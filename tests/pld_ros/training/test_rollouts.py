@@ -22,6 +22,8 @@ from pld_ros.training.rollouts import (
     save_episode,
 )
 
+pytestmark = pytest.mark.sim_in_process
+
 HOST = "127.0.0.42"
 SIZE = 64
 
