@@ -302,37 +302,3 @@ def test_a_hand_command_franky_sim_never_answers_is_given_up_and_the_hand_works_
         "opened": True,
         "given_up_in_all": 1,
     }, child.output
-
-
-class AnsweredOnStop:
-    """Stands in for a real Franka Hand (none can run here), whose hung command returns when the
-    hand is told to stop: the grasp blocks until stop()."""
-
-    def __init__(self) -> None:
-        self.commands: list[str] = []
-        self._answer = threading.Event()
-
-    def grasp(self, *_: object, **__: object) -> None:
-        self.commands.append("grasp")
-        self._answer.wait()
-
-    def move(self, width: float, _speed: float) -> None:
-        self.commands.append(f"move {width:.2f}")
-
-    def stop(self) -> None:
-        self.commands.append("stop")
-        self._answer.set()
-
-
-def test_a_hung_command_a_stop_answers_is_not_left_behind() -> None:
-    gripper = AnsweredOnStop()
-    hand = _Hand(gripper, CONFIG.model_copy(update={"gripper_timeout": 0.3}))
-    try:
-        hand.request(True, 0.0)
-        time.sleep(0.1)
-        hand.request(False, 0.08)  # queued behind the hung grasp
-        assert wait_idle(hand, 3.0)
-        assert gripper.commands == ["grasp", "stop", "move 0.08"]
-        assert hand.abandoned == 0
-    finally:
-        hand.release()

@@ -77,8 +77,9 @@ class _Hand:
     A command can also never be answered: franky-sim answers only once the fingers have been still
     for 100 simulation steps, and never answers a command that a later one replaced. In a soak the
     hand then stayed closed for good, the open request queued behind the hung grasp. So a command
-    that goes unanswered for ``gripper_timeout`` is stopped (a real hand answers the hung command
-    then) and, if it still hangs, left to its thread while the next request runs.
+    that goes unanswered for ``gripper_timeout`` is left to its thread while the next request
+    runs. It is not stopped: franky-sim's Stop holds the fingers where they are with 70 N, and
+    while the driver sent one, the fault suite's violent motions twice left the hand jammed shut.
     """
 
     def __init__(self, gripper: Any, config: FrankyArm) -> None:
@@ -166,11 +167,7 @@ class _Hand:
                 answered.set()
 
         threading.Thread(target=command, name="franka-hand-command", daemon=True).start()
-        if answered.wait(cfg.gripper_timeout):
-            return True
-        with contextlib.suppress(*_ERRORS):
-            gripper.stop()
-        return answered.wait(1.0)
+        return answered.wait(cfg.gripper_timeout)
 
 
 class FrankyBackend:
