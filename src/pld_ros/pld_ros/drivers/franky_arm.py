@@ -78,8 +78,8 @@ class _Hand:
     for 100 simulation steps, and never answers a command that a later one replaced. In a soak the
     hand then stayed closed for good, the open request queued behind the hung grasp. So a command
     that goes unanswered for ``gripper_timeout`` is left to its thread while the next request
-    runs. It is not stopped: franky-sim's Stop holds the fingers where they are with 70 N, and
-    while the driver sent one, the fault suite's violent motions twice left the hand jammed shut.
+    runs. It is not stopped: in franky-sim a Stop answers only itself (the hung command stays
+    unanswered) and holds the fingers where they are with 70 N.
     """
 
     def __init__(self, gripper: Any, config: FrankyArm) -> None:
