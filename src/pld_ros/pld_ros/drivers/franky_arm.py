@@ -31,6 +31,8 @@ _log = logging.getLogger(__name__)
 # own gripper and motion errors derive from the builtin Exception, and its motion planner (Ruckig)
 # reports failures such as "Motion planner failed with error code -111" as plain RuntimeErrors.
 _ERRORS = (franky.Exception, franky.GripperException, franky.InvalidMotionTypeException, RuntimeError)
+MOVE_TIMEOUT = 20.0
+"""Seconds a joint motion (a reset to the home joints) may take."""
 _CLOSE_ABOVE = 0.6
 _OPEN_BELOW = 0.4
 _OPEN_ENOUGH = 0.1
@@ -173,7 +175,9 @@ class _Hand:
 class FrankyBackend:
     """:class:`~pld_ros.drivers.arm.ArmBackend` for a Franka arm with its hand."""
 
-    def __init__(self, config: FrankyArm, *, move_timeout: float = 20.0, close_timeout: float = 1.0) -> None:
+    def __init__(
+        self, config: FrankyArm, *, move_timeout: float = MOVE_TIMEOUT, close_timeout: float = 1.0
+    ) -> None:
         """``move_timeout``: s a joint motion may take. ``close_timeout``: s close() waits for a
         running motion to end. A Robot dropped mid-motion waits in its destructor for the motion,
         holding the GIL: against a franky-sim in the same process, whose answers need the GIL, that

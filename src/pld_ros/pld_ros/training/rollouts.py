@@ -46,7 +46,7 @@ from pld_ros.core.rate import RateKeeper, RobotClock
 from pld_ros.core.safety import DeltaCommand, step_toward
 from pld_ros.core.spatial import Pose
 from pld_ros.drivers.arm import ArmFault, ArmState
-from pld_ros.drivers.franky_arm import FrankyBackend
+from pld_ros.drivers.franky_arm import MOVE_TIMEOUT, FrankyBackend
 from pld_ros.profile import FrankyArm, Profile
 from pld_ros.sim.franka_pick_cube import FrankaPickCubeWorld
 
@@ -198,9 +198,9 @@ class SimRollouts:
         self.config = config or RolloutConfig()
         self.prompt = prompt
         self._log = log
-        # franky-sim runs in this process: the arm must be at rest before the Robot is dropped, and
-        # a joint motion may take move_timeout (20 s).
-        backend = FrankyBackend(self.arm, close_timeout=20.0)
+        # franky-sim runs in this process: the arm must be at rest before the Robot is dropped,
+        # however long a joint motion may take.
+        backend = FrankyBackend(self.arm, close_timeout=MOVE_TIMEOUT)
         self.controller = ArmController(backend, self.arm.safety)
         self._connected = False
 
