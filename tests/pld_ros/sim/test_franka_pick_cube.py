@@ -133,6 +133,22 @@ def test_a_scripted_franky_grasp_and_lift_succeeds(world: FrankaPickCubeWorld, r
     wait_until(lambda: not world.privileged_success(), 5.0, "the released cube to drop")
 
 
+def test_fingers_pushed_past_their_stop_open_again(world: FrankaPickCubeWorld) -> None:
+    """A violent arm motion can push franky-sim's closed fingers past their joint limit, where their
+    meshes interpenetrate and lock (5 mm past the stop stays shut against a full-force open); the
+    world keeps them within range, as a real hand's mechanical stop does."""
+    gripper = franky.Gripper(world.host)
+    assert gripper.move(0.0, 0.1)
+    sim = world._started()  # the push stands in for a violent motion, which cannot be made to order
+    with sim.lock:
+        for name in ("robot0_finger_joint1", "robot0_finger_joint2"):
+            sim.data.qpos[sim.model.joint(name).qposadr[0]] = -0.005
+    time.sleep(0.3)
+    assert gripper.width > -0.001
+    assert gripper.move(0.08, 0.1)
+    assert gripper.width > 0.075
+
+
 def top_of_a_cube_in_view(world: FrankaPickCubeWorld, camera: str) -> FloatArray:
     """Where the centre of the cube's top face goes so that ``camera`` sees the cube unobstructed."""
     if camera == "side":

@@ -133,15 +133,43 @@ class _LockedMujocoSimulator(MujocoSimulator):  # type: ignore[misc]  # franky_s
 
     The physics thread calls :meth:`step` once per 1 ms tick; the rest of its tick (network I/O,
     sleeping) runs without the lock, so other threads wait at most one step.
+
+    Each step also keeps the hand's fingers within their joint range. MuJoCo's joint limits are
+    soft: a violent arm motion (franky-sim's commanded velocities jump when its physics steps
+    irregularly under load) can push closed fingers a few millimetres past their stop, where the two
+    fingers' meshes interpenetrate and lock for good (measured: 4 mm past the stop stays shut against
+    a full-force open, 2.5 mm frees itself). A real hand's fingers cannot pass their mechanical stop.
     """
 
     def __init__(self) -> None:
         super().__init__(enable_visualization=False)
         self.lock = threading.Lock()
+        self._finger_limits: list[tuple[int, int, float, float]] = []
+        """(qpos address, dof address, lower, upper limit) of each finger joint."""
+
+    def bound_fingers(self) -> None:
+        """Find the finger joints and their ranges; call once the model is built."""
+        model = self.model
+        self._finger_limits = [
+            (
+                int(model.jnt_qposadr[j]),
+                int(model.jnt_dofadr[j]),
+                float(model.jnt_range[j][0]),
+                float(model.jnt_range[j][1]),
+            )
+            for j in range(model.njnt)
+            if "finger_joint" in model.joint(j).name
+        ]
 
     def step(self) -> None:
         with self.lock:
             super().step()
+            qpos, qvel = self.data.qpos, self.data.qvel
+            for q, v, low, high in self._finger_limits:
+                if qpos[q] < low:
+                    qpos[q], qvel[v] = low, max(float(qvel[v]), 0.0)
+                elif qpos[q] > high:
+                    qpos[q], qvel[v] = high, min(float(qvel[v]), 0.0)
 
 
 class FrankaPickCubeWorld:
@@ -213,6 +241,7 @@ class FrankaPickCubeWorld:
                 f"cannot bind franky-sim to {self.host} (ports 1337, 1338): {exc}; "
                 "is another simulator or robot using this address?"
             ) from exc
+        sim.bound_fingers()
         self._sim, self._server = sim, server
         self._cube_qpos = int(sim.model.jnt_qposadr[sim.model.joint("cube_joint").id])
         self._cube_dof = int(sim.model.jnt_dofadr[sim.model.joint("cube_joint").id])
