@@ -24,8 +24,9 @@ lint: bootstrap
 typecheck: bootstrap
 	$(IN_ENV) mypy
 
+## The test suite alone, in the two processes `make test` runs it in.
 pytest: bootstrap
-	$(IN_ENV) python -m pytest
+	$(IN_ENV) scripts/run_tests.sh
 
 ## The fault-injection suite alone (docs/faults.md; `make test` runs it too).
 test-faults: bootstrap

@@ -27,7 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from pld_msgs.msg import DeltaPoseCommand, EpisodeEvent, PolicyWeights, RobotState
 from pld_ros.graph import NodeSpec, ParameterValue, build_graph
 from pld_ros.launcher import node_command, write_params_file
-from pld_ros.nodes.supervisor import EVENTS_QOS
+from pld_ros.nodes.qos import EVENTS_QOS
 from pld_ros.profile import Profile, load_profile
 from tests.processes import Watched
 from tests.ros_probe import RosProbe

@@ -96,6 +96,8 @@ def test_arm_driver_moves_stops_and_survives_losing_the_robot(probe: Probe) -> N
             5,
             "the rejected-frame counter",
         )
+        # The backend's own counters are in the report too.
+        assert {kv.key: kv.value for kv in probe.diagnostics[-1].values}["hand_commands_abandoned"] == "0"
 
         # The robot disappears: the node reports it and keeps running.
         sim.kill()

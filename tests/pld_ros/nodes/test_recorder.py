@@ -22,7 +22,7 @@ from pld_msgs.msg import EpisodeEvent, RobotState
 from pld_ros.core.episode import EventKind, Outcome, Phase, RunMode
 from pld_ros.data.bags import BagReader, BagWarning, EpisodeMetadata, bag_info, typestore
 from pld_ros.nodes.camera_publisher import image_message
-from pld_ros.nodes.supervisor import EVENTS_QOS
+from pld_ros.nodes.qos import EVENTS_QOS
 from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 

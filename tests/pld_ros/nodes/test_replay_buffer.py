@@ -19,8 +19,8 @@ from pld_ros.core.episode import Outcome, Phase, RunMode, Source
 from pld_ros.core.observation import PROPRIO_DIM
 from pld_ros.learning.episode_store import EpisodeStore, episode_file_name
 from pld_ros.nodes.camera_publisher import image_message
+from pld_ros.nodes.qos import EVENTS_QOS
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, STEPS_QOS, STEPS_TOPIC
-from pld_ros.nodes.supervisor import EVENTS_QOS
 from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
 

@@ -18,7 +18,7 @@ from sensor_msgs.msg import Image
 from pld_msgs.msg import BaseAction, DeltaPoseCommand, EpisodeEvent, PolicyWeights, RobotState
 from pld_ros.models.residual_actor import ResidualActor, ResidualActorConfig, save_actor
 from pld_ros.nodes.camera_publisher import SENSOR_QOS, image_message
-from pld_ros.nodes.residual_policy import EVENTS_QOS, WEIGHTS_QOS
+from pld_ros.nodes.qos import EVENTS_QOS, LATCHED_QOS
 from pld_ros.nodes.runner import EXIT_CONFIG_ERROR
 from tests.processes import Watched, node_process
 from tests.ros_probe import RosProbe
@@ -64,7 +64,7 @@ class Rig:
         self._base = node.create_publisher(BaseAction, "policy/base/action", 10)
         self._teleop = node.create_publisher(DeltaPoseCommand, "arm/teleop", 10)
         self.events = node.create_publisher(EpisodeEvent, "episode/events", EVENTS_QOS)
-        self.weights = node.create_publisher(PolicyWeights, "policy/residual/weights", WEIGHTS_QOS)
+        self.weights = node.create_publisher(PolicyWeights, "policy/residual/weights", LATCHED_QOS)
         deep = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(DeltaPoseCommand, "arm/command", self.commands.append, deep)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)

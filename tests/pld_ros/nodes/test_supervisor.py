@@ -39,7 +39,8 @@ from pld_msgs.msg import (
 )
 from pld_msgs.srv import EStop
 from pld_ros.core.episode_log import PLOT_FILE, SUMMARY_FILE, read_episodes
-from pld_ros.nodes.supervisor import EVENTS_QOS, LATCHED_QOS, LOOP_PLOT_FILE
+from pld_ros.nodes.qos import EVENTS_QOS, LATCHED_QOS
+from pld_ros.nodes.supervisor import LOOP_PLOT_FILE
 from tests.conftest import FIXTURES
 from tests.processes import Watched
 from tests.ros_probe import RosProbe

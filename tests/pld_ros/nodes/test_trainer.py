@@ -17,8 +17,8 @@ from pld_ros.core.episode import Outcome, RunMode
 from pld_ros.core.training_log import read_training_log
 from pld_ros.learning.episode_store import RecordedEpisode
 from pld_ros.models.residual_actor import ResidualActor
+from pld_ros.nodes.qos import LATCHED_QOS
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, episodes_qos
-from pld_ros.nodes.residual_policy import WEIGHTS_QOS
 from pld_ros.nodes.step_records import records_of
 from pld_ros.policies.residual import actor_config
 from pld_ros.policies.weights import load_verified
@@ -68,7 +68,7 @@ class Robot:
         self.weights: list[PolicyWeights] = []
         self.metrics: list[TrainingMetrics] = []
         self.diagnostics: dict[str, str] = {}
-        node.create_subscription(PolicyWeights, "policy/residual/weights", self.weights.append, WEIGHTS_QOS)
+        node.create_subscription(PolicyWeights, "policy/residual/weights", self.weights.append, LATCHED_QOS)
         node.create_subscription(TrainingMetrics, "trainer/metrics", self.metrics.append, 10)
         node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
 

@@ -7,6 +7,7 @@ Integrating deltas, limits, timeouts and the e-stop live above it in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,6 +52,11 @@ class ArmBackend(Protocol):
     @property
     def base_frame(self) -> str:
         """Name of the frame targets and poses are expressed in (matches the URDF)."""
+        ...
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        """The backend's own event counts for diagnostics (e.g. hand commands given up)."""
         ...
 
     def connect(self) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import franky
@@ -187,6 +188,7 @@ class FrankyBackend:
         self._close_timeout = close_timeout
         self._robot: Any = None
         self._hand: _Hand | None = None
+        self._abandoned_before = 0  # hand commands given up on earlier connections
         self._gripper_closed: bool | None = None
         self._measured_closure = 0.0
         prefix = config.model
@@ -199,6 +201,11 @@ class FrankyBackend:
     @property
     def joint_names(self) -> tuple[str, ...]:
         return self._joint_names
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        hand = self._hand
+        return {"hand_commands_abandoned": self._abandoned_before + (hand.abandoned if hand else 0)}
 
     def _faulted(self, exc: BaseException) -> ArmFault:
         # NetworkException: the link is gone (cable, robot power, simulator killed): reconnect.
@@ -322,5 +329,6 @@ class FrankyBackend:
                     robot.join_motion(timeout=self._close_timeout)
         if self._hand is not None:
             self._hand.release()
+            self._abandoned_before += self._hand.abandoned
         self._hand = None
         self._robot = None

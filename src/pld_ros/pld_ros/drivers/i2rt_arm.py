@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,10 @@ class I2rtArmBackend:
     @property
     def base_frame(self) -> str:
         return "base_link"
+
+    @property
+    def counters(self) -> Mapping[str, int]:
+        return {}
 
     @property
     def driver(self) -> Any:

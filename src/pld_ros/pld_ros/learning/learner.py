@@ -76,9 +76,13 @@ class Learner:
 
     # -- data ------------------------------------------------------------------------------------
 
+    def buffer(self, name: Buffer) -> ReplayBuffer:
+        """The replay buffer called ``name``."""
+        return self.offline if name == "offline" else self.online
+
     def add(self, steps: EpisodeSteps, buffer: Buffer) -> None:
         """One episode's learning steps into ``buffer``."""
-        (self.offline if buffer == "offline" else self.online).add(steps)
+        self.buffer(buffer).add(steps)
         if self.warmed_up:
             self._online_steps += len(steps)
         self.episodes += 1

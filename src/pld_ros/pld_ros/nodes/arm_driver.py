@@ -222,6 +222,7 @@ class ArmDriverNode(Node):
             "loop_missed_ticks": self.rate.missed,
             **self.counters,
             **self.controller.counters,
+            **self.controller.backend.counters,
             **safety,
         }
         publish_status(

@@ -19,7 +19,6 @@ import time
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from pld_msgs.msg import ActionChunk, BaseAction, EpisodeEvent, RobotState, StageState
 from pld_ros.core.action_chunks import Chunk, ChunkBuffer, ChunkConfig, TickAction
@@ -29,13 +28,10 @@ from pld_ros.core.rate import TickTiming
 from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
+from pld_ros.nodes.qos import EVENTS_QOS
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.async_inference import AsyncInference, InferenceConfig
 from pld_ros.policies.base_policy import make_base_policy
-
-EVENTS_QOS = QoSProfile(
-    depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
 
 
 class BasePolicyNode(Node):

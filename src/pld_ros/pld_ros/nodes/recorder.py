@@ -46,8 +46,8 @@ from pld_ros.data.recording import (
 )
 from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
+from pld_ros.nodes.qos import EVENTS_QOS
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
-from pld_ros.nodes.supervisor import EVENTS_QOS
 
 EVENTS_TOPIC = "episode/events"
 DISCOVERY_PERIOD = 1.0

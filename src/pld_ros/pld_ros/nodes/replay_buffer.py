@@ -46,9 +46,9 @@ from pld_ros.learning.episode_assembler import GRACE, Assembled, Dropped, Ending
 from pld_ros.learning.episode_store import EpisodeStore, RecordedEpisode, buffer_for
 from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
+from pld_ros.nodes.qos import EVENTS_QOS
 from pld_ros.nodes.runner import NodeConfigError, load_node_profile, run_node
 from pld_ros.nodes.step_records import records_of, tick_of
-from pld_ros.nodes.supervisor import EVENTS_QOS
 from pld_ros.profile import Profile
 
 STEPS_TOPIC = "buffer/steps"

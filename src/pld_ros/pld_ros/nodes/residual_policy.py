@@ -44,7 +44,6 @@ import numpy as np
 import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
 from pld_msgs.msg import (
     ActionSource as ActionSourceMsg,
@@ -68,6 +67,7 @@ from pld_ros.nodes.camera_publisher import image_message
 from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache, seconds
+from pld_ros.nodes.qos import EVENTS_QOS, LATCHED_QOS
 from pld_ros.nodes.replay_buffer import STEPS_QOS, STEPS_TOPIC
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 from pld_ros.policies.residual import (
@@ -89,12 +89,6 @@ from pld_ros.policies.weights import (
     load_verified,
 )
 
-EVENTS_QOS = QoSProfile(
-    depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
-WEIGHTS_QOS = QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
 POLICY_NAME = "residual"
 """``PolicyWeights.policy`` of the weights this node runs."""
 DOWNLOAD_TIMEOUT = 30.0
@@ -191,7 +185,7 @@ class ResidualPolicyNode(Node):
         self.create_subscription(RobotState, f"{arm}/state", self._on_state, 10)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
         self.create_subscription(DeltaPoseCommand, f"{arm}/teleop", self._on_teleop, 10)
-        self.create_subscription(PolicyWeights, "policy/residual/weights", self._on_weights, WEIGHTS_QOS)
+        self.create_subscription(PolicyWeights, "policy/residual/weights", self._on_weights, LATCHED_QOS)
         self.create_timer(1.0, self._publish_diagnostics)
         start_heartbeat(self)
         version = self.slot.acquire().version

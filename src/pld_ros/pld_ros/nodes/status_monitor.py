@@ -43,7 +43,7 @@ from pld_ros.core.dashboard import (
 from pld_ros.core.liveness import Liveness
 from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.diagnostics import DIAGNOSTICS_TOPIC
-from pld_ros.nodes.supervisor import LATCHED_QOS
+from pld_ros.nodes.qos import LATCHED_QOS
 
 HEARTBEAT_STALE_AFTER = 2.0
 """s without a heartbeat before a node shows as not beating (nodes beat at 2 Hz; the health

@@ -27,7 +27,6 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.client import Client
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from std_msgs.msg import Bool, Header, String
 from std_srvs.srv import Trigger
@@ -81,12 +80,9 @@ from pld_ros.graph import HEARTBEAT_TOPIC
 from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.observations import ViewCache
+from pld_ros.nodes.qos import EVENTS_QOS, LATCHED_QOS
 from pld_ros.nodes.runner import NodeConfigError, control_arm, load_node_profile, run_node
 
-EVENTS_QOS = QoSProfile(
-    depth=50, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
-"""A node that joins late (the recorder, a dashboard) still gets the recent episode events."""
 ESTOP_TOPIC = "/pld/estop"
 """Every arm driver latches its e-stop when true arrives here."""
 HEARTBEAT_WINDOW = 2.0
@@ -95,10 +91,6 @@ DIAGNOSTICS_PERIOD = 1.0
 """s between two /diagnostics reports."""
 LOOP_PLOT_FILE = "loop.png"
 """The loop's timeline plot in the run directory (stage episodes only)."""
-LATCHED_QOS = QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
-"""A dashboard that starts later still gets the latest loop statistics."""
 
 
 def _utc_stamp() -> str:

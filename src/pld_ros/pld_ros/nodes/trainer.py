@@ -52,8 +52,9 @@ from pld_ros.learning.learner import Learner
 from pld_ros.learning.replay_buffer import ReplayBuffer
 from pld_ros.nodes.diagnostics import diagnostics_publisher, publish_status
 from pld_ros.nodes.heartbeat import start_heartbeat
+from pld_ros.nodes.qos import LATCHED_QOS
 from pld_ros.nodes.replay_buffer import EPISODES_TOPIC, episodes_qos
-from pld_ros.nodes.residual_policy import POLICY_NAME, WEIGHTS_QOS
+from pld_ros.nodes.residual_policy import POLICY_NAME
 from pld_ros.nodes.runner import NodeConfigError, fail_node, load_node_profile, run_node
 from pld_ros.nodes.step_records import ending_of, tick_of
 from pld_ros.policies.residual import actor_config, xi_at
@@ -135,7 +136,7 @@ class TrainerNode(Node):
                 StepRecord, topic(robot, EPISODES_TOPIC), self._on_record, episodes_qos(max_ticks)
             )
         self._weights_pubs = [
-            self.create_publisher(PolicyWeights, topic(robot, "policy/residual/weights"), WEIGHTS_QOS)
+            self.create_publisher(PolicyWeights, topic(robot, "policy/residual/weights"), LATCHED_QOS)
             for robot in robots
         ]
         self._metrics_pub = self.create_publisher(TrainingMetrics, "trainer/metrics", 10)
@@ -174,7 +175,7 @@ class TrainerNode(Node):
         if buffer is not None and steps is not None:
             self.learner.add(steps, buffer)
             if not self._memory_reported:
-                self._report_memory(self.learner.offline if buffer == "offline" else self.learner.online)
+                self._report_memory(self.learner.buffer(buffer))
 
     def _report_memory(self, filled: ReplayBuffer) -> None:
         """Say once what the buffers will take when full: the default capacity suits state
