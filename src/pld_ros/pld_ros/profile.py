@@ -416,6 +416,11 @@ class Supervisor(_Section):
     """Episodes with the base policy alone before the residual acts (they fill the offline buffer)."""
     home_randomization: NonNegativeFloat = 0.03
     """Half-width of the uniform random offset added to the home position on reset, m."""
+    home_joints_on_reset: bool = False
+    """Start each reset with a joint-space move of the arm to its ``home_joints`` (the arm
+    driver's ``<arm>/home`` service), then the Cartesian move to the randomised home pose.
+    Cartesian targets leave the arm configuration free: without it a Franka drifted to its joint
+    limits within 20 episodes in the simulated soak (docs/benchmarks.md)."""
     settle_time: NonNegativeFloat = 0.5
     """Seconds the scene must be still after a reset before an episode starts."""
     episode_scope: Literal["task", "stage"] = "task"

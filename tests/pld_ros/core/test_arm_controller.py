@@ -89,6 +89,29 @@ def test_estop_latches_with_the_yam(controller: ArmController) -> None:
     assert run(controller, [DeltaCommand.of((0.01, 0, 0), (0, 0, 0), 0.0)])[0].mode is ArmMode.MOVING
 
 
+def test_homing_brings_the_joints_back_and_commanding_restarts_there(controller: ArmController) -> None:
+    backend = controller.backend
+    run(controller, [DeltaCommand.of((0.01, 0.01, 0.0), (0, 0, 0.05), 0.0)] * 8)
+    [away] = run(controller, [None])
+    assert away.state is not None
+    assert np.abs(away.state.joint_positions - READY).max() > 0.02
+    homed = controller.home(READY, 1.0)
+    assert "homed" in homed.events and homed.mode is ArmMode.HOLDING
+    assert homed.state is not None
+    np.testing.assert_allclose(homed.state.joint_positions, READY, atol=0.01)
+    assert controller.counters["homings"] == 1
+    # The next delta starts from the homed pose, not from the target integrated before.
+    [moved] = run(controller, [DeltaCommand.of((0.0, 0.0, 0.0), (0, 0, 0), 0.0)])
+    assert moved.target is not None
+    np.testing.assert_allclose(moved.target.position, homed.state.ee_pose.position, atol=1e-3)
+    # Under e-stop the arm does not move.
+    controller.engage_estop("test")
+    refused = controller.home(READY, 2.0)
+    assert refused.mode is ArmMode.ESTOP and any("refused" in e for e in refused.events)
+    assert controller.counters["homings"] == 1
+    assert isinstance(backend, I2rtArmBackend)
+
+
 def test_a_motor_fault_is_recovered_and_commanding_restarts_from_the_measured_pose(
     controller: ArmController,
 ) -> None:

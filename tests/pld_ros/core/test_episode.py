@@ -93,6 +93,9 @@ class Harness:
         self.events: list[Event] = []
         self.records: list[EpisodeRecord] = []
         self.scene_resets = 0
+        self.homing_ticks = 0
+        """Ticks a joint homing call stays in flight."""
+        self._homing_left = 0
 
     def tick(self) -> TickOutput:
         phase = self.supervisor.phase
@@ -119,9 +122,11 @@ class Harness:
                 base_fresh_at=self.base_fresh_at,
                 stale_cameras=self.stale_cameras,
                 failure=self.failure,
+                homing_busy=self._homing_left > 0,
             )
         )
         self.failure = ""
+        self._homing_left = self.homing_ticks if out.home_arm else max(0, self._homing_left - 1)
         self._move(out)
         self.outputs.append(out)
         self.events.extend(out.events)
@@ -187,6 +192,35 @@ def test_reset_commands_are_clipped_open_the_gripper_and_converge_home() -> None
     assert phases == [Phase.RESETTING, Phase.PROBING]
     event = started(harness)[0]
     assert event.episode_id == 1 and event.mode is RunMode.PROBE_TAKEOVER and 0 <= event.probe_steps <= 5
+
+
+def test_a_reset_with_joint_homing_sends_no_cartesian_command_until_the_arm_is_homed() -> None:
+    harness = Harness(settings(home_joints=True), start=Pose.of((0.3, 0.25, 0.15), DOWN))
+    harness.homing_ticks = 10
+    harness.supervisor.start()
+    harness.until_phase(Phase.PROBING)
+    [homing] = [i for i, o in enumerate(harness.outputs) if o.home_arm]
+    first_command = next(i for i, o in enumerate(harness.outputs) if o.command is not None)
+    assert first_command > homing + 10, "no Cartesian target while the joint move runs"
+    assert harness.scene_resets == 1
+    # Every reset homes again.
+    harness.until_ended()
+    harness.until_phase(Phase.PROBING)
+    assert sum(o.home_arm for o in harness.outputs) == 2
+    # Without the setting, no homing.
+    plain = Harness(settings())
+    plain.supervisor.start()
+    plain.until_phase(Phase.PROBING)
+    assert not any(o.home_arm for o in plain.outputs)
+
+
+def test_a_homing_that_never_ends_times_the_reset_out_with_the_reason() -> None:
+    harness = Harness(settings(home_joints=True, reset_timeout=1.0))
+    harness.homing_ticks = 10_000
+    harness.supervisor.start()
+    ended = harness.until_ended(ticks=40)
+    assert ended.outcome is Outcome.ABORTED and "joint homing pending" in ended.reason
+    assert not any(o.command for o in harness.outputs)
 
 
 def test_home_offsets_are_uniform_within_r_and_clipped_inside_the_workspace() -> None:
@@ -437,6 +471,7 @@ def test_settings_from_the_shipped_profile() -> None:
     assert loaded.episodes == 5 and loaded.mode is RunMode.PROBE_TAKEOVER
     assert loaded.stages[0].name == "lift" and loaded.max_probe_steps == 40
     assert loaded.workspace_max == (0.75, 0.35, 0.55) and loaded.base_timeout == 2.0
+    assert loaded.home_joints, "the Franka's resets start with a joint-space homing"
     assert EpisodeSettings.from_profile(profile).episodes == profile.supervisor.episodes
     collecting = profile.model_copy(
         update={"supervisor": profile.supervisor.model_copy(update={"successes": 200})}

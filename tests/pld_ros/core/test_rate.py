@@ -49,6 +49,25 @@ def test_a_stall_counts_missed_ticks_and_reanchors() -> None:
     assert stats.period_max == pytest.approx(0.175)
 
 
+def test_a_restart_after_a_deliberate_pause_counts_no_missed_ticks() -> None:
+    clock = FakeClock()
+    rate = RateKeeper(20.0, clock=clock, sleep=clock.sleep)
+    timing = TickTiming(0.05)
+    timing.record(rate.wait(), 0.001)
+    clock.now += 3.0  # a blocking joint move
+    rate.restart()
+    timing.restart()
+    start = rate.wait()
+    timing.record(start, 0.001)
+    assert start == pytest.approx(103.0)
+    # The schedule goes on from the restart, and no period spans the pause.
+    clock.now += 0.01
+    timing.record(rate.wait(), 0.001)
+    assert rate.missed == 0
+    assert rate.stats().period_max == pytest.approx(0.05)
+    assert timing.stats().period_max == pytest.approx(0.05)
+
+
 def test_rate_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         RateKeeper(0.0)

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from std_srvs.srv import Trigger
 
 from pld_msgs.msg import DeltaPoseCommand, RobotState
 from pld_msgs.srv import EStop
+from pld_ros.profile import FrankyArm
 from tests.conftest import FIXTURES
 from tests.franky_sim import start_franky_sim
 from tests.processes import Watched
@@ -22,6 +24,7 @@ pytestmark = pytest.mark.ros
 
 HOST = "127.0.0.14"
 PROFILE = FIXTURES / "profiles" / "franka_arm_sim.yaml"
+HOME_JOINTS = FrankyArm.model_fields["home_joints"].default
 
 
 class Probe(RosProbe):
@@ -35,6 +38,7 @@ class Probe(RosProbe):
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
         self.commands = self.node.create_publisher(DeltaPoseCommand, "/arm/command", 10)
         self.estop: Any = self.node.create_client(EStop, "/arm/estop")
+        self.home: Any = self.node.create_client(Trigger, "/arm/home")
 
     def _on_diagnostics(self, msg: Any) -> None:
         self.diagnostics.extend(s for s in msg.status if s.name == "pld/arm/arm")
@@ -76,6 +80,13 @@ def test_arm_driver_moves_stops_and_survives_losing_the_robot(probe: Probe) -> N
         assert moving.joints.name[0] == "fr3_joint1" and len(moving.joints.position) == 7
         probe.spin_until(lambda: latest_mode(probe) == RobotState.MODE_HOLDING, 5, "the command timeout")
         assert probe.states[-1].ee_pose.position.x > start_x + 0.04
+
+        # Homing: a joint-space move back to home_joints, answered once the arm is there.
+        homed = probe.call(probe.home, Trigger.Request(), timeout=40)
+        assert homed.success, homed.message
+        probe.spin_for(0.3)
+        joints = probe.states[-1].joints.position
+        assert max(abs(q - h) for q, h in zip(joints, HOME_JOINTS, strict=True)) < 0.01
 
         # E-stop: commands are refused until it is cleared.
         assert probe.call_estop(True).engaged

@@ -5,10 +5,11 @@ since the previous tick (:class:`TickInput`) and says what to do (:class:`TickOu
 command to send, the events to publish, whether to reset the scene, and the status. An episode
 (docs/policy_layer.md):
 
-1. RESETTING: open the gripper and move to the home pose plus a uniform random offset (clipped
-   into the workspace), one clipped delta per tick; once there, reset the scene; then wait until
-   the arm has been still for ``settle_time``. A reset longer than ``reset_timeout`` ends the
-   episode as ABORTED and the next reset starts.
+1. RESETTING: with ``home_joints``, first have the arm driver move to the arm's home joint
+   configuration and wait for it; then open the gripper and move to the home pose plus a uniform
+   random offset (clipped into the workspace), one clipped delta per tick; once there, reset the
+   scene; then wait until the arm has been still for ``settle_time``. A reset longer than
+   ``reset_timeout`` ends the episode as ABORTED and the next reset starts.
 2. STARTED: the mode (BASE_ONLY for the first ``warmup_episodes`` non-aborted episodes, then the
    run's) and the probe length k ~ U[0, K].
 3. PROBING, then TAKEOVER when the first COMBINED command is seen.
@@ -130,6 +131,9 @@ class EpisodeSettings:
     home_orientation: tuple[float, float, float, float] | None = None
     """None: the arm's orientation at the first tick."""
     home_randomization: float = 0.03
+    home_joints: bool = False
+    """Start each reset with the arm driver's joint-space homing (the profile's
+    ``supervisor.home_joints_on_reset``)."""
     settle_time: float = 0.5
     reset_timeout: float = 20.0
     base_timeout: float = 2.0
@@ -176,6 +180,7 @@ class EpisodeSettings:
             home_position=supervisor.home_position,
             home_orientation=supervisor.home_orientation,
             home_randomization=supervisor.home_randomization,
+            home_joints=supervisor.home_joints_on_reset,
             settle_time=supervisor.settle_time,
             reset_timeout=supervisor.reset_timeout,
             base_timeout=profile.policies.base.timeout,
@@ -214,6 +219,8 @@ class TickInput:
     stale_cameras: tuple[str, ...] = ()
     scene_reset_busy: bool = False
     """A scene reset call is still in flight."""
+    homing_busy: bool = False
+    """A joint homing call is still in flight."""
     failure: str = ""
     """A failure detector fired since the previous tick (e.g. "part dropped"): the running stage
     fails and follows its ``on_failure`` route. "" when none did."""
@@ -296,6 +303,8 @@ class TickOutput:
     """Episodes that ended at this tick, for the log."""
     reset_scene: bool
     """Call the world's scene reset now."""
+    home_arm: bool
+    """Call the arm driver's joint homing now."""
     status: Status
     stage: StageUpdate
     messages: tuple[str, ...]
@@ -311,6 +320,7 @@ class _Episode:
     probe_steps: int
     goal: Pose
     reset_started_at: float
+    homing_requested_at: float | None = None
     scene_requested_at: float | None = None
     still_since: float | None = None
     started_at: float = 0.0
@@ -342,6 +352,7 @@ class _Tick:
     events: list[Event] = field(default_factory=list)
     records: list[EpisodeRecord] = field(default_factory=list)
     reset_scene: bool = False
+    home_arm: bool = False
     messages: list[str] = field(default_factory=list)
     run_result: RunResult | None = None
 
@@ -456,6 +467,7 @@ class EpisodeSupervisor:
             events=tuple(out.events),
             records=tuple(out.records),
             reset_scene=out.reset_scene,
+            home_arm=out.home_arm,
             status=self._status(),
             stage=self._stage,
             messages=tuple(out.messages),
@@ -602,6 +614,12 @@ class EpisodeSupervisor:
             if self._reset_failures >= settings.max_reset_failures:
                 self._pending_stop = f"{self._reset_failures} resets in a row failed, the last: {reason}"
             return
+        if settings.home_joints and episode.homing_requested_at is None:
+            out.home_arm = True
+            episode.homing_requested_at = tick.now
+            return
+        if tick.homing_busy or episode.homing_requested_at == tick.now:
+            return  # a Cartesian target now would preempt the joint move
         out.command = self._reset_command(tick, episode)
         at_home = self._at_home(tick.pose, tick.gripper_closure, episode.goal)
         if at_home and episode.scene_requested_at is None:
@@ -630,9 +648,13 @@ class EpisodeSupervisor:
             scene = "not called"
         else:
             scene = "pending" if tick.scene_reset_busy else "done"
+        homing = ""
+        if self.settings.home_joints:
+            pending = tick.homing_busy or episode.homing_requested_at is None
+            homing = f"joint homing {'pending' if pending else 'done'}, "
         return (
             f"reset took longer than {self.settings.reset_timeout:.1f} s "
-            f"({distance * 1e3:.0f} mm from home, gripper closure {tick.gripper_closure:.2f}, "
+            f"({homing}{distance * 1e3:.0f} mm from home, gripper closure {tick.gripper_closure:.2f}, "
             f"scene reset {scene})"
         )
 

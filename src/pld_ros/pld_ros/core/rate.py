@@ -124,6 +124,12 @@ class RateKeeper:
         self.ticks += 1
         return now
 
+    def restart(self) -> None:
+        """Start a fresh schedule at the next :meth:`wait`: the loop paused on purpose (a blocking
+        joint move), which is neither missed ticks nor a long period."""
+        self._next = None
+        self._last_start = None
+
     def stats(self) -> RateStats:
         periods = _Spread.of(self._periods, self.period)
         return RateStats(
@@ -220,6 +226,10 @@ class TickTiming:
         self.ticks += 1
         if latency > self.deadline:
             self.deadline_misses += 1
+
+    def restart(self) -> None:
+        """The next :meth:`record` starts a fresh period count (after a deliberate pause)."""
+        self._last_start = None
 
     def stats(self) -> TickTimingStats:
         periods = _Spread.of(self._periods, math.nan)

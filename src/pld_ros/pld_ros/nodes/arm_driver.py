@@ -6,6 +6,9 @@ In simulation the deadlines are on the simulator's clock (``simulation.paced_by_
 and every node downstream, ticked by this node's state, follows that pace.
 Each tick takes the newest command that arrived since the previous tick; older ones are dropped
 (and counted), since a delta is only meaningful for the tick it was computed for.
+``<arm>/home`` (std_srvs/Trigger) moves the arm to the profile's ``home_joints`` in joint space and
+answers once it is there: the supervisor's reset starts with it, since Cartesian targets leave the
+arm configuration free to drift between episodes.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticStatus
 from geometry_msgs.msg import Pose as PoseMsg
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
 
 from pld_msgs.msg import DeltaPoseCommand, RobotState
 from pld_msgs.srv import EStop
@@ -34,6 +39,10 @@ from pld_ros.nodes.diagnostics import MetricTopics, diagnostics_publisher, publi
 from pld_ros.nodes.heartbeat import start_heartbeat
 from pld_ros.nodes.runner import NodeConfigError, fail_node, load_node_profile, run_node
 from pld_ros.profile import FrankyArm, Profile
+
+HOMING_TIMEOUT = 30.0
+"""s the home service waits for the control loop: longer than a backend's joint move may take
+(franky's bound is 20 s)."""
 
 
 def make_backend(profile: Profile, arm_name: str) -> ArmBackend:
@@ -84,8 +93,12 @@ class ArmDriverNode(Node):
         self.frame_prefix = f"{self.arm_name}_" if len(profile.arms) > 1 else ""
         self.base_frame = self.frame_prefix + self.backend.base_frame
 
+        self.home_joints = tuple(arm.home_joints)
         self._lock = threading.Lock()
         self._pending: DeltaCommand | None = None
+        self._homing: threading.Event | None = None
+        """Set by the home service, taken by the control loop, which sets it once the move ended."""
+        self._homing_result = (False, "")
         self.counters = {"commands": 0, "dropped_stale": 0, "rejected_frame": 0}
         self._last_report: TickReport | None = None
         self._stop = threading.Event()
@@ -94,6 +107,11 @@ class ArmDriverNode(Node):
         self.create_subscription(DeltaPoseCommand, f"{prefix}/command", self._on_command, 10)
         self.create_subscription(Bool, "/pld/estop", self._on_estop_topic, 10)
         self.create_service(EStop, f"{prefix}/estop", self._on_estop_service)
+        # The home service waits for the motion: in a group of its own, on a thread of its own
+        # (main() spins two), so commands and the e-stop topic are served meanwhile.
+        self.create_service(
+            Trigger, f"{prefix}/home", self._on_home, callback_group=MutuallyExclusiveCallbackGroup()
+        )
         self._state_pub = self.create_publisher(RobotState, f"{prefix}/state", 10)
         self._joints_pub = self.create_publisher(JointState, f"{prefix}/joint_states", 10)
         self._diag_pub = diagnostics_publisher(self)
@@ -141,6 +159,19 @@ class ArmDriverNode(Node):
         response.engaged = self.controller.safety.estop_reason is not None
         return response
 
+    def _on_home(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        done = threading.Event()
+        with self._lock:
+            self._homing = done
+        if done.wait(HOMING_TIMEOUT):
+            response.success, response.message = self._homing_result
+        else:
+            response.success, response.message = (
+                False,
+                f"no answer from the control loop in {HOMING_TIMEOUT:.0f} s",
+            )
+        return response
+
     # -- the loop ------------------------------------------------------------------------------
 
     def _control_loop(self) -> None:
@@ -153,6 +184,13 @@ class ArmDriverNode(Node):
                 stamp = self.get_clock().now().to_msg()
                 with self._lock:
                     command, self._pending = self._pending, None
+                    homing, self._homing = self._homing, None
+                if homing is not None:
+                    report = self._home(now)
+                    homing.set()
+                    self._last_report = report
+                    self._publish_state(report, self.get_clock().now().to_msg())
+                    continue
                 report = self.controller.tick(command, now)
                 self._last_report = report
                 for event in report.events:
@@ -168,6 +206,21 @@ class ArmDriverNode(Node):
                 return  # shutting down: publishing failed because the context is already gone
             # A bug, not a fault: stop commanding and let the graph know.
             fail_node(self, f"control loop crashed: {type(exc).__name__}: {exc}")
+
+    def _home(self, now: float) -> TickReport:
+        # The joint move blocks this loop for its length (libfranka and the i2rt driver run their
+        # own control meanwhile): a deliberate pause, not missed ticks.
+        report = self.controller.home(self.home_joints, now)
+        self.rate.restart()
+        self.timing.restart()
+        homed = "homed" in report.events
+        message = "; ".join(report.events) or report.error
+        self._homing_result = (homed, message)
+        if homed:
+            self.get_logger().info(f"homed to {list(self.home_joints)}")
+        else:
+            self.get_logger().error(f"homing failed: {message}")
+        return report
 
     def _raise_priority(self) -> None:
         # Under load, a normal-priority thread wakes late; SCHED_FIFO lets the control thread
@@ -254,7 +307,7 @@ class ArmDriverNode(Node):
 
 
 def main() -> None:
-    sys.exit(run_node(ArmDriverNode))
+    sys.exit(run_node(ArmDriverNode, threads=2))
 
 
 if __name__ == "__main__":

@@ -125,11 +125,14 @@ class ReplayBufferNode(Node):
         )
         self._diag_pub = diagnostics_publisher(self)
         self._metrics = MetricTopics(self, "buffer")
-        self.create_subscription(StepRecord, STEPS_TOPIC, self._on_record, STEPS_QOS)
+        steps = self.create_subscription(StepRecord, STEPS_TOPIC, self._on_record, STEPS_QOS)
         self.create_subscription(EpisodeEvent, "episode/events", self._on_event, EVENTS_QOS)
         self.create_timer(POLL_PERIOD, lambda: self._handle(self.assembler.poll(self._now())))
         self.create_timer(DIAGNOSTICS_PERIOD, self._publish_diagnostics)
-        start_heartbeat(self)
+        # The steps are volatile: what the residual policy publishes before the two have matched
+        # is lost. The supervisor starts no episode before this node beats, so it beats only once
+        # a steps publisher is matched (a first episode once went missing without it).
+        start_heartbeat(self, ready=lambda: steps.get_publisher_count() > 0)
         self._writer.start()
         removed = len(self.store.removed_temporaries)
         self.get_logger().info(

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from pld_ros.profile import Profile, ProfileError, load_profile
@@ -51,16 +51,20 @@ def control_arm(profile: Profile) -> str:
         raise NodeConfigError(str(exc)) from None
 
 
-def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None) -> int:
+def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, threads: int = 1) -> int:
     """Init rclpy, build the node, spin until SIGINT/SIGTERM, and shut down cleanly.
 
+    ``threads`` > 1 spins callbacks on that many threads, so that a callback group of its own may
+    block (e.g. a service that waits for a motion) while the others run.
     Returns the process exit code: 0 after a requested shutdown, 2 for a configuration error.
     """
     rclpy.init(args=list(args) if args is not None else sys.argv)
     node: Node | None = None
     try:
         node = factory()
-        rclpy.spin(node)
+        executor = MultiThreadedExecutor(threads) if threads > 1 else SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
     except NodeConfigError as exc:
         # The node may not exist yet, so log through rclpy's module logger.
         rclpy.logging.get_logger("pld").fatal(f"configuration error: {exc}")

@@ -142,6 +142,7 @@ class SupervisorNode(Node):
         self._seen: dict[str, float] = {}
         self._ready_window = profile.policies.base.timeout
         self._scene_future: Future | None = None
+        self._homing_future: Future | None = None
         self._last_status: Status | None = None
 
         self._log: EpisodeLog | None = None
@@ -171,6 +172,7 @@ class SupervisorNode(Node):
         self._scene_client: Client | None = (
             self.create_client(ResetScene, "sim/reset_scene") if profile.simulated else None
         )
+        self._home_client: Client = self.create_client(Trigger, f"{arm}/home")
         # Callbacks that await other callbacks run in groups of their own: a waiting coroutine keeps
         # its group busy, so its answer (or the tick it waits for) must come through another group.
         clients = MutuallyExclusiveCallbackGroup()
@@ -268,6 +270,7 @@ class SupervisorNode(Node):
         if self._goal is not None and self._goal.is_cancel_requested:
             self.core.stop("run_episodes goal cancelled")
         scene_busy = self._scene_future is not None and not self._scene_future.done()
+        homing_busy = self._homing_future is not None and not self._homing_future.done()
         moving = state.mode == RobotState.MODE_MOVING
         tick = TickInput(
             now=now,
@@ -282,6 +285,7 @@ class SupervisorNode(Node):
             base_fresh_at=self._base_fresh_at,
             stale_cameras=self._stale_cameras(now),
             scene_reset_busy=scene_busy,
+            homing_busy=homing_busy,
             not_ready=self._not_ready(now),
             failure=self._failure,
         )
@@ -294,6 +298,8 @@ class SupervisorNode(Node):
             self.get_logger().info(message)
         if out.command is not None:
             self._send_reset(out.command, state)
+        if out.home_arm:
+            self._home_arm()
         if out.reset_scene:
             self._reset_scene()
         for event in out.events:
@@ -325,6 +331,23 @@ class SupervisorNode(Node):
         message.episode_id = command.episode_id
         message.base_action_age = math.nan
         self._command_pub.publish(message)
+
+    def _home_arm(self) -> None:
+        client = self._home_client
+        if not client.service_is_ready():
+            # The reset goes on without it (Cartesian only); the timeout catches an arm left far.
+            self.get_logger().warning(f"{client.srv_name} is not available: the arm is not homed")
+            return
+        # Asynchronous: the core sends no reset command while the call is in flight (homing_busy).
+        future = client.call_async(Trigger.Request())
+        future.add_done_callback(self._on_homed)
+        self._homing_future = future
+
+    def _on_homed(self, future: Future) -> None:
+        response = future.result()
+        if response is None or not response.success:
+            message = response.message if response is not None else "no response"
+            self.get_logger().warning(f"joint homing failed: {message}")
 
     def _reset_scene(self) -> None:
         client = self._scene_client
