@@ -17,6 +17,7 @@ import math
 import sys
 import time
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticStatus
@@ -333,41 +334,32 @@ class SupervisorNode(Node):
         self._command_pub.publish(message)
 
     def _home_arm(self) -> None:
-        client = self._home_client
-        if not client.service_is_ready():
-            # The reset goes on without it (Cartesian only); the timeout catches an arm left far.
-            self.get_logger().warning(f"{client.srv_name} is not available: the arm is not homed")
-            return
-        # Asynchronous: the core sends no reset command while the call is in flight (homing_busy).
-        future = client.call_async(Trigger.Request())
-        future.add_done_callback(self._on_homed)
-        self._homing_future = future
-
-    def _on_homed(self, future: Future) -> None:
-        response = future.result()
-        if response is None or not response.success:
-            message = response.message if response is not None else "no response"
-            self.get_logger().warning(f"joint homing failed: {message}")
+        self._homing_future = self._call_async(self._home_client, Trigger.Request(), "joint homing")
 
     def _reset_scene(self) -> None:
-        client = self._scene_client
-        if client is None:
+        if self._scene_client is None:
             return  # hardware: no scene reset (a scripted one would be a world of its own)
-        if not client.service_is_ready():
-            self.get_logger().warning("sim/reset_scene is not available: the scene is not reset")
-            return
-        # Asynchronous: the core waits for the call to finish (scene_reset_busy) before settling.
-        future = client.call_async(ResetScene.Request(randomize=True, seed=0))
-        future.add_done_callback(self._on_scene_reset)
-        self._scene_future = future
+        request = ResetScene.Request(randomize=True, seed=0)
+        self._scene_future = self._call_async(self._scene_client, request, "scene reset")
 
-    def _on_scene_reset(self, future: Future) -> None:
+    def _call_async(self, client: Client, request: Any, what: str) -> Future | None:
+        """Call one of the reset's services without waiting for it: the core holds the reset while
+        the call is in flight (homing_busy, scene_reset_busy). A missing service or a failed call
+        is logged and the reset goes on; its timeout catches what that leaves undone."""
+        if not client.service_is_ready():
+            self.get_logger().warning(f"{client.srv_name} is not available: no {what}")
+            return None
+        future = client.call_async(request)
+        future.add_done_callback(partial(self._on_answer, what))
+        return future
+
+    def _on_answer(self, what: str, future: Future) -> None:
         response = future.result()
         if response is None or not response.success:
             message = response.message if response is not None else "no response"
-            self.get_logger().warning(f"scene reset failed: {message}")
+            self.get_logger().warning(f"{what} failed: {message}")
         else:
-            self.get_logger().info(f"scene reset: {response.message}")
+            self.get_logger().info(f"{what}: {response.message}")
 
     # -- runs ----------------------------------------------------------------------------------
 
