@@ -471,7 +471,11 @@ def test_settings_from_the_shipped_profile() -> None:
     assert loaded.episodes == 5 and loaded.mode is RunMode.PROBE_TAKEOVER
     assert loaded.stages[0].name == "lift" and loaded.max_probe_steps == 40
     assert loaded.workspace_max == (0.75, 0.35, 0.55) and loaded.base_timeout == 2.0
-    assert loaded.home_joints, "the Franka's resets start with a joint-space homing"
+    assert loaded.home_joints == profile.supervisor.home_joints_on_reset
+    homing = profile.model_copy(
+        update={"supervisor": profile.supervisor.model_copy(update={"home_joints_on_reset": True})}
+    )
+    assert EpisodeSettings.from_profile(homing).home_joints
     assert EpisodeSettings.from_profile(profile).episodes == profile.supervisor.episodes
     collecting = profile.model_copy(
         update={"supervisor": profile.supervisor.model_copy(update={"successes": 200})}
