@@ -11,7 +11,7 @@ From the graph it records the arm driver's loop statistics and the simulator's r
 the start and the end with the slope over the second half.
 
     scripts/in_env.sh python -m bench.franka_graph_soak [--minutes 60] [--every 10]
-        [--joint-homing] [--out out/franka_graph_soak]
+        [--no-joint-homing] [--out out/franka_graph_soak]
 """
 
 from __future__ import annotations
@@ -208,9 +208,9 @@ def main() -> None:
         help="transitions per replay buffer (about 100 kB each: full after some 50 episodes)",
     )
     parser.add_argument(
-        "--joint-homing",
+        "--no-joint-homing",
         action="store_true",
-        help="start every reset with the arm driver's joint-space homing (supervisor.home_joints_on_reset)",
+        help="resets without the arm driver's joint homing (supervisor.home_joints_on_reset), as in run 6",
     )
     args = parser.parse_args()
     out = fresh_directory(args.out)
@@ -218,7 +218,8 @@ def main() -> None:
         out,
         default_config_dir() / "franka_pick_cube_sim.yaml",
         {
-            "supervisor": {"run_directory": str(out / "runs"), "home_joints_on_reset": args.joint_homing},
+            "supervisor": {"run_directory": str(out / "runs")}
+            | ({"home_joints_on_reset": False} if args.no_joint_homing else {}),
             # Two 128x128 views make a transition about 100 kB, so the profile's million would be
             # 100 GB: a buffer that fills within the first quarter of the hour shows whether
             # memory levels off once it is full.

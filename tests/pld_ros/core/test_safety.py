@@ -92,6 +92,20 @@ def test_target_rotation_lead_over_an_arm_that_does_not_turn_is_bounded() -> Non
     np.testing.assert_allclose(turn, [0.0, 0.0, 0.5], atol=1e-9)
 
 
+def test_a_held_target_follows_an_arm_carried_away_between_commands() -> None:
+    # franky-sim's arm, swung by a wrist spun at the rotation limit, ended 0.1-0.7 m from a
+    # target held over a tick without a command.
+    f = fresh()
+    f.step(move(dx=0.02), HOME)
+    away = Pose.of((0.5, 0.15, 0.1), (0.0, 1.0, 0.0, 0.0))
+    for _ in range(LIMITS.command_timeout_ticks + 1):  # the idle ticks, then the hold
+        out = f.step(None, away)
+        assert np.linalg.norm(out.target.position - away.position) == pytest.approx(0.1)
+        assert rotation_angle_between(out.target.orientation, away.orientation) == pytest.approx(0.5)
+    assert out.decision is Decision.HOLD
+    assert f.counters[safety.LAG_CLIPPED] > 0
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_commands_are_rejected(bad: float) -> None:
     for command in (move(dx=bad), move(rot=(0, bad, 0)), move(g=bad)):

@@ -6,7 +6,8 @@ one absolute target and, on the way, enforces the profile's :class:`SafetyLimits
 - non-finite commands are rejected (treated as no command),
 - each tick's translation and rotation are scaled down to the step limits,
 - the target is clipped into the workspace box, and kept within a bounded lag of the measured
-  pose so a blocked arm does not wind up a target it would later jump to,
+  pose on every tick, with or without a command, so a blocked arm does not wind up a target it
+  would later jump to and an arm carried away is not pulled back hard,
 - the gripper closure is clipped to its range,
 - after ``command_timeout_ticks`` ticks without a command the arm holds,
 - a latched e-stop holds the arm until it is cleared explicitly.
@@ -149,6 +150,20 @@ class SafetyFilter:
         # Commands that were queued while stopped must not count toward a fresh timeout.
         self._idle_ticks = 0
 
+    def _within_lag(self, target: Pose, measured: Pose) -> Pose:
+        """``target`` drawn back to within the bounded lead of the measured pose, and into the box."""
+        lead, clipped = clip_norm(target.position - measured.position, self._max_lag)
+        self.counters[LAG_CLIPPED] += clipped
+        # Re-clip: the lag limit pulls toward the measured pose, which may itself be outside.
+        position = np.clip(measured.position + lead, self._low, self._high)
+        # Rotation too: an arm that turns slower than commanded must not let the target wind up
+        # (it would swing through the accumulated angle once free, and oscillate).
+        _, turn = measured.delta_to(target)
+        turn, clipped = clip_norm(turn, self._max_rotation_lag)
+        self.counters[LAG_CLIPPED] += clipped
+        orientation = measured.moved(np.zeros(3), turn).orientation if clipped else target.orientation
+        return Pose(position, orientation)
+
     # -- the tick ------------------------------------------------------------------------------
 
     def step(self, command: DeltaCommand | None, measured: Pose) -> SafetyOutput:
@@ -163,6 +178,9 @@ class SafetyFilter:
             self.counters[NONFINITE] += 1
             command = None
         if command is None:
+            # A held target follows an arm that is carried away (a push, an overshoot, a
+            # simulator's IK swinging the wrist): the arm is never sent back further than the lag.
+            self._target = self._within_lag(self._target, measured)
             self._idle_ticks += 1
             if self._idle_ticks >= self.limits.command_timeout_ticks:
                 if self._idle_ticks == self.limits.command_timeout_ticks:
@@ -179,17 +197,7 @@ class SafetyFilter:
         moved = self._target.moved(translation, rotation)
         position = np.clip(moved.position, self._low, self._high)
         self.counters[WORKSPACE_CLIPPED] += bool(np.any(position != moved.position))
-        lead, clipped = clip_norm(position - measured.position, self._max_lag)
-        self.counters[LAG_CLIPPED] += clipped
-        # Re-clip: the lag limit pulls toward the measured pose, which may itself be outside.
-        position = np.clip(measured.position + lead, self._low, self._high)
-        # Rotation too: an arm that turns slower than commanded must not let the target wind up
-        # (it would swing through the accumulated angle once free, and oscillate).
-        _, turn = measured.delta_to(moved)
-        turn, clipped = clip_norm(turn, self._max_rotation_lag)
-        self.counters[LAG_CLIPPED] += clipped
-        orientation = measured.moved(np.zeros(3), turn).orientation if clipped else moved.orientation
-        self._target = Pose(position, orientation)
+        self._target = self._within_lag(Pose(position, moved.orientation), measured)
 
         gripper = float(np.clip(command.gripper, self.limits.gripper_min, self.limits.gripper_max))
         self.counters[GRIPPER_CLIPPED] += gripper != command.gripper
