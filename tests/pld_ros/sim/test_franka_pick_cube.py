@@ -203,3 +203,30 @@ def test_a_taken_address_is_refused_and_stop_frees_it_again(world: FrankaPickCub
         slow.cube_pose()
     with FrankaPickCubeWorld(SPARE_HOST) as again:
         assert alive(again)
+
+
+def resident_mb() -> float:
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 1e6
+
+
+def test_the_servers_quaternion_from_each_cartesian_command_leaks_nothing() -> None:
+    # franky-sim's server builds a quaternion from a strided view of every Cartesian command, once
+    # per 1 ms tick; unmended, 100000 of them leave 8 MB behind.
+    from franky_sim.franka_robot_server import pin
+
+    command = np.eye(4).reshape(-1)
+    angle = 0.3
+    command[:2] = math.cos(angle), math.sin(angle)
+    command[4:6] = -math.sin(angle), math.cos(angle)
+    rotation = command.reshape((4, 4), order="F")[:3, :3]
+    assert not rotation.flags.f_contiguous  # the server's case
+    quaternion = pin.Quaternion(rotation)
+    np.testing.assert_allclose(
+        [quaternion.x, quaternion.y, quaternion.z, quaternion.w],
+        [0.0, 0.0, math.sin(angle / 2), math.cos(angle / 2)],
+        atol=1e-12,
+    )
+    before = resident_mb()
+    for _ in range(100_000):
+        pin.Quaternion(rotation)
+    assert resident_mb() - before < 2.0
