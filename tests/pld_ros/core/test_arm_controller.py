@@ -95,8 +95,8 @@ def test_homing_brings_the_joints_back_and_commanding_restarts_there(controller:
     [away] = run(controller, [None])
     assert away.state is not None
     assert np.abs(away.state.joint_positions - READY).max() > 0.02
-    homed = controller.home(READY, 1.0)
-    assert "homed" in homed.events and homed.mode is ArmMode.HOLDING
+    done, homed = controller.home(READY, 1.0)
+    assert done and homed.events == ["homed"] and homed.mode is ArmMode.HOLDING
     assert homed.state is not None
     np.testing.assert_allclose(homed.state.joint_positions, READY, atol=0.01)
     assert controller.counters["homings"] == 1
@@ -106,8 +106,15 @@ def test_homing_brings_the_joints_back_and_commanding_restarts_there(controller:
     np.testing.assert_allclose(moved.target.position, homed.state.ee_pose.position, atol=1e-3)
     # Under e-stop the arm does not move.
     controller.engage_estop("test")
-    refused = controller.home(READY, 2.0)
-    assert refused.mode is ArmMode.ESTOP and any("refused" in e for e in refused.events)
+    done, refused = controller.home(READY, 2.0)
+    assert not done and refused.mode is ArmMode.ESTOP
+    assert refused.events == ["homing refused: e-stop (test)"]
+    # Nor while the robot is gone.
+    controller.clear_estop()
+    controller.close()
+    done, refused = controller.home(READY, 3.0)
+    assert not done and refused.mode is ArmMode.DISCONNECTED
+    assert refused.events == ["homing refused: not connected"]
     assert controller.counters["homings"] == 1
     assert isinstance(backend, I2rtArmBackend)
 

@@ -197,6 +197,9 @@ def test_the_supervisor_resets_runs_ends_aborts_recovers_and_pauses(side: Policy
         first = side.wait_event(EpisodeEvent.STARTED, 1, 40, supervisor)
         assert first.mode.value == RunMode.BASE_ONLY and first.probe_steps == 40
         assert np.all(np.abs(position(side.states[-1]) - start) <= 0.02 + 0.006)
+        # The reset began with the arm driver's joint homing (the Franka profile asks for it).
+        side.wait_log(supervisor, r"joint homing: homed", 5)
+        side.wait_log(driver, r"homed to \[", 5)
         side.wait_log(supervisor, r"scene reset: cube at", 5)
         side.wait_log(supervisor, r"episode 1 started: mode base_only, k=40", 5)
         ended = side.wait_event(EpisodeEvent.ENDED, 1, 10, supervisor)

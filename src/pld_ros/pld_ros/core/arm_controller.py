@@ -94,29 +94,30 @@ class ArmController:
             mode = self._on_fault(fault, now, events)
         return self._report(mode, events)
 
-    def home(self, joints: tuple[float, ...], now: float) -> TickReport:
+    def home(self, joints: tuple[float, ...], now: float) -> tuple[bool, TickReport]:
         """(blocking) Move to the joint configuration ``joints`` and stop there: a reset's homing,
         which brings back the arm configuration that Cartesian targets leave free. Refused under
-        e-stop and while disconnected; a fault during the move is handled as in :meth:`tick`."""
+        e-stop and while disconnected; a fault during the move is handled as in :meth:`tick`.
+        Returns whether the arm got there, and the report (its events say why not)."""
         events: list[str] = []
         if self.safety.estop_reason is not None:
             events.append(f"homing refused: e-stop ({self.safety.estop_reason})")
-            return self._report(ArmMode.ESTOP, events)
+            return False, self._report(ArmMode.ESTOP, events)
         if not self._connected:
             events.append("homing refused: not connected")
-            return self._report(ArmMode.DISCONNECTED, events)
+            return False, self._report(ArmMode.DISCONNECTED, events)
         try:
             self.backend.move_joints(joints)
             state = self.backend.read_state()
             if state.error:
                 raise ArmFault(state.error, connection_lost=False)
         except ArmFault as fault:
-            return self._report(self._on_fault(fault, now, events), events)
+            return False, self._report(self._on_fault(fault, now, events), events)
         self.counters["homings"] += 1
         self._state = state
         self._restart_from(state)
         events.append("homed")
-        return self._report(ArmMode.HOLDING if self._ever_commanded else ArmMode.IDLE, events)
+        return True, self._report(ArmMode.HOLDING if self._ever_commanded else ArmMode.IDLE, events)
 
     def _connect(self, now: float, events: list[str]) -> bool:
         if now < self._next_connect:

@@ -17,6 +17,7 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -43,6 +44,19 @@ from pld_ros.profile import FrankyArm, Profile
 HOMING_TIMEOUT = 30.0
 """s the home service waits for the control loop: longer than a backend's joint move may take
 (franky's bound is 20 s)."""
+
+
+@dataclass
+class _HomingCall:
+    """One call of the home service, answered by the control loop (or by the node going down)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    success: bool = False
+    message: str = ""
+
+    def answer(self, success: bool, message: str) -> None:
+        self.success, self.message = success, message
+        self.done.set()
 
 
 def make_backend(profile: Profile, arm_name: str) -> ArmBackend:
@@ -96,9 +110,8 @@ class ArmDriverNode(Node):
         self.home_joints = tuple(arm.home_joints)
         self._lock = threading.Lock()
         self._pending: DeltaCommand | None = None
-        self._homing: threading.Event | None = None
-        """Set by the home service, taken by the control loop, which sets it once the move ended."""
-        self._homing_result = (False, "")
+        self._homing: _HomingCall | None = None
+        """Left by the home service for the control loop, which answers it once the move ended."""
         self.counters = {"commands": 0, "dropped_stale": 0, "rejected_frame": 0}
         self._last_report: TickReport | None = None
         self._stop = threading.Event()
@@ -160,11 +173,14 @@ class ArmDriverNode(Node):
         return response
 
     def _on_home(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
-        done = threading.Event()
+        call = _HomingCall()
         with self._lock:
-            self._homing = done
-        if done.wait(HOMING_TIMEOUT):
-            response.success, response.message = self._homing_result
+            if self._stop.is_set():
+                call.answer(False, "the arm driver is shutting down")
+            else:
+                self._homing = call
+        if call.done.wait(HOMING_TIMEOUT):
+            response.success, response.message = call.success, call.message
         else:
             response.success, response.message = (
                 False,
@@ -186,8 +202,7 @@ class ArmDriverNode(Node):
                     command, self._pending = self._pending, None
                     homing, self._homing = self._homing, None
                 if homing is not None:
-                    report = self._home(now)
-                    homing.set()
+                    report = self._home(now, homing)
                     self._last_report = report
                     self._publish_state(report, self.get_clock().now().to_msg())
                     continue
@@ -207,15 +222,14 @@ class ArmDriverNode(Node):
             # A bug, not a fault: stop commanding and let the graph know.
             fail_node(self, f"control loop crashed: {type(exc).__name__}: {exc}")
 
-    def _home(self, now: float) -> TickReport:
+    def _home(self, now: float, call: _HomingCall) -> TickReport:
         # The joint move blocks this loop for its length (libfranka and the i2rt driver run their
         # own control meanwhile): a deliberate pause, not missed ticks.
-        report = self.controller.home(self.home_joints, now)
+        homed, report = self.controller.home(self.home_joints, now)
         self.rate.restart()
         self.timing.restart()
-        homed = "homed" in report.events
         message = "; ".join(report.events) or report.error
-        self._homing_result = (homed, message)
+        call.answer(homed, message)
         if homed:
             self.get_logger().info(f"homed to {list(self.home_joints)}")
         else:
@@ -300,8 +314,13 @@ class ArmDriverNode(Node):
 
     def destroy_node(self) -> None:
         # Stop commanding before the node goes: the loop thread must not outlive the backend.
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
+            unanswered, self._homing = self._homing, None
         self._thread.join(timeout=2.0)
+        # A home call the loop never took must not hold the service's thread until its timeout.
+        if unanswered is not None:
+            unanswered.answer(False, "the arm driver is shutting down")
         self.controller.close()
         super().destroy_node()
 

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import Executor, ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 from pld_ros.profile import Profile, ProfileError, load_profile
@@ -60,6 +60,7 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
     """
     rclpy.init(args=list(args) if args is not None else sys.argv)
     node: Node | None = None
+    executor: Executor | None = None
     try:
         node = factory()
         executor = MultiThreadedExecutor(threads) if threads > 1 else SingleThreadedExecutor()
@@ -77,7 +78,11 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
         if rclpy.ok():
             raise
     finally:
+        # The node first: its destroy_node answers what a callback may still wait for (the arm
+        # driver's home call), so that shutting the executor down, which joins its threads, ends.
         if node is not None:
             node.destroy_node()
+        if executor is not None:
+            executor.shutdown()
         rclpy.try_shutdown()
     return EXIT_FATAL if _fatal_reason is not None else 0

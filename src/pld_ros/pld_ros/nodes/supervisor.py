@@ -334,18 +334,21 @@ class SupervisorNode(Node):
         self._command_pub.publish(message)
 
     def _home_arm(self) -> None:
-        self._homing_future = self._call_async(self._home_client, Trigger.Request(), "joint homing")
+        if future := self._call_async(self._home_client, Trigger.Request(), "joint homing"):
+            self._homing_future = future
 
     def _reset_scene(self) -> None:
         if self._scene_client is None:
             return  # hardware: no scene reset (a scripted one would be a world of its own)
         request = ResetScene.Request(randomize=True, seed=0)
-        self._scene_future = self._call_async(self._scene_client, request, "scene reset")
+        if future := self._call_async(self._scene_client, request, "scene reset"):
+            self._scene_future = future
 
     def _call_async(self, client: Client, request: Any, what: str) -> Future | None:
         """Call one of the reset's services without waiting for it: the core holds the reset while
         the call is in flight (homing_busy, scene_reset_busy). A missing service or a failed call
-        is logged and the reset goes on; its timeout catches what that leaves undone."""
+        is logged and the reset goes on; its timeout catches what that leaves undone. None: not
+        called (the caller keeps the future of an earlier call that may still be in flight)."""
         if not client.service_is_ready():
             self.get_logger().warning(f"{client.srv_name} is not available: no {what}")
             return None
