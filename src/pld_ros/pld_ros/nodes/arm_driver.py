@@ -201,6 +201,9 @@ class ArmDriverNode(Node):
                 with self._lock:
                     command, self._pending = self._pending, None
                     homing, self._homing = self._homing, None
+                    if homing is not None and command is not None:
+                        # A delta computed before the move means nothing after it.
+                        self.counters["dropped_stale"] += 1
                 if homing is not None:
                     report = self._home(now, homing)
                     self._last_report = report
