@@ -401,7 +401,13 @@ class Supervisor(_Section):
     home_orientation: tuple[float, float, float, float] | None = None
     """End-effector orientation of the reset pose (quaternion x, y, z, w); none: as at start."""
     reset_timeout: PositiveFloat = 20.0
-    """Seconds the reset may take before the episode counts as aborted and the reset is retried."""
+    """Seconds the reset may take before the episode counts as aborted and the reset is retried;
+    with ``home_joints_on_reset``, counted from the end of the joint homing."""
+    homing_timeout: PositiveFloat = 40.0
+    """Seconds the joint homing may take before the episode counts as aborted: longer than the arm
+    driver's own bound on a home call (30 s, after which it answers with a failure). A joint move
+    back from far takes some 10 s at a low ``relative_dynamics_factor``, longer in a simulator
+    slower than real time."""
     run_directory: UserPath = Path("~/.local/share/pld/runs")
     """Where each run writes its episode log (episodes.jsonl) and outcome plot."""
     max_episode_steps: PositiveInt = 200

@@ -215,12 +215,30 @@ def test_a_reset_with_joint_homing_sends_no_cartesian_command_until_the_arm_is_h
 
 
 def test_a_homing_that_never_ends_times_the_reset_out_with_the_reason() -> None:
-    harness = Harness(settings(home_joints=True, reset_timeout=1.0))
+    harness = Harness(settings(home_joints=True, homing_timeout=1.0))
     harness.homing_ticks = 10_000
     harness.supervisor.start()
     ended = harness.until_ended(ticks=40)
-    assert ended.outcome is Outcome.ABORTED and "joint homing pending" in ended.reason
+    assert (ended.outcome, ended.reason) == (Outcome.ABORTED, "joint homing took longer than 1.0 s")
     assert not any(o.command for o in harness.outputs)
+
+
+def test_the_reset_timeout_counts_from_the_end_of_a_long_homing() -> None:
+    # A 1.5 s homing, then a reset to a home 5 cm away at 2 cm a tick: within a 1 s reset timeout
+    # only when counted from the homing's end.
+    near = Pose.of((0.5, 0.05, 0.4), DOWN)
+    harness = Harness(settings(home_joints=True, reset_timeout=1.0, homing_timeout=2.0), start=near)
+    harness.homing_ticks = 30
+    harness.supervisor.start()
+    harness.until_phase(Phase.PROBING)
+    assert not [e for e in harness.events if e.kind is EventKind.ENDED]
+    # Without the homing done in time, the reason says which bound it broke.
+    late = Harness(settings(home_joints=True, reset_timeout=0.1, homing_timeout=2.0), start=near)
+    late.homing_ticks = 5
+    late.supervisor.start()
+    ended = late.until_ended(ticks=40)
+    assert ended.outcome is Outcome.ABORTED
+    assert ended.reason.startswith("reset took longer than 0.1 s after the joint homing (")
 
 
 def test_home_offsets_are_uniform_within_r_and_clipped_inside_the_workspace() -> None:

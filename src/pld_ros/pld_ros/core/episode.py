@@ -8,8 +8,9 @@ command to send, the events to publish, whether to reset the scene, and the stat
 1. RESETTING: with ``home_joints``, first have the arm driver move to the arm's home joint
    configuration and wait for it; then open the gripper and move to the home pose plus a uniform
    random offset (clipped into the workspace), one clipped delta per tick; once there, reset the
-   scene; then wait until the arm has been still for ``settle_time``. A reset longer than
-   ``reset_timeout`` ends the episode as ABORTED and the next reset starts.
+   scene; then wait until the arm has been still for ``settle_time``. A joint homing longer than
+   ``homing_timeout``, or a reset longer than ``reset_timeout`` after it, ends the episode as
+   ABORTED and the next reset starts.
 2. STARTED: the mode (BASE_ONLY for the first ``warmup_episodes`` non-aborted episodes, then the
    run's) and the probe length k ~ U[0, K].
 3. PROBING, then TAKEOVER when the first COMBINED command is seen.
@@ -135,7 +136,9 @@ class EpisodeSettings:
     """Start each reset with the arm driver's joint-space homing (the profile's
     ``supervisor.home_joints_on_reset``)."""
     settle_time: float = 0.5
+    homing_timeout: float = 40.0
     reset_timeout: float = 20.0
+    """Counted from the end of the joint homing when there is one."""
     base_timeout: float = 2.0
     """Seconds without a fresh base action after which an episode is aborted."""
     max_missing_ticks: int = 10
@@ -182,6 +185,7 @@ class EpisodeSettings:
             home_randomization=supervisor.home_randomization,
             home_joints=supervisor.home_joints_on_reset,
             settle_time=supervisor.settle_time,
+            homing_timeout=supervisor.homing_timeout,
             reset_timeout=supervisor.reset_timeout,
             base_timeout=profile.policies.base.timeout,
             seed=profile.simulation.seed if profile.simulation is not None else None,
@@ -321,6 +325,7 @@ class _Episode:
     goal: Pose
     reset_started_at: float
     homing_requested_at: float | None = None
+    homed_at: float | None = None
     scene_requested_at: float | None = None
     still_since: float | None = None
     started_at: float = 0.0
@@ -607,7 +612,11 @@ class EpisodeSupervisor:
             return
         assert tick.pose is not None  # _fault reports a missing pose
         settings = self.settings
-        if tick.now - episode.reset_started_at > settings.reset_timeout:
+        # The joint move's length varies with how far the episode took the joints, and with a
+        # simulator's pace: it has a bound of its own, and the rest of the reset counts after it.
+        homing = settings.home_joints and episode.homed_at is None
+        since = episode.reset_started_at if episode.homed_at is None else episode.homed_at
+        if tick.now - since > (settings.homing_timeout if homing else settings.reset_timeout):
             reason = self._reset_timeout_reason(tick, episode)
             self._end(tick.now, tick.wall_time, Outcome.ABORTED, reason, out)
             self._reset_failures += 1
@@ -620,6 +629,8 @@ class EpisodeSupervisor:
             return
         if tick.homing_busy or episode.homing_requested_at == tick.now:
             return  # a Cartesian target now would preempt the joint move
+        if settings.home_joints and episode.homed_at is None:
+            episode.homed_at = tick.now
         out.command = self._reset_command(tick, episode)
         at_home = self._at_home(tick.pose, tick.gripper_closure, episode.goal)
         if at_home and episode.scene_requested_at is None:
@@ -643,18 +654,17 @@ class EpisodeSupervisor:
 
     def _reset_timeout_reason(self, tick: TickInput, episode: _Episode) -> str:
         assert tick.pose is not None
+        if self.settings.home_joints and episode.homed_at is None:
+            return f"joint homing took longer than {self.settings.homing_timeout:.1f} s"
         distance = float(np.linalg.norm(episode.goal.position - tick.pose.position))
         if episode.scene_requested_at is None:
             scene = "not called"
         else:
             scene = "pending" if tick.scene_reset_busy else "done"
-        homing = ""
-        if self.settings.home_joints:
-            pending = tick.homing_busy or episode.homing_requested_at is None
-            homing = f"joint homing {'pending' if pending else 'done'}, "
+        after = " after the joint homing" if self.settings.home_joints else ""
         return (
-            f"reset took longer than {self.settings.reset_timeout:.1f} s "
-            f"({homing}{distance * 1e3:.0f} mm from home, gripper closure {tick.gripper_closure:.2f}, "
+            f"reset took longer than {self.settings.reset_timeout:.1f} s{after} "
+            f"({distance * 1e3:.0f} mm from home, gripper closure {tick.gripper_closure:.2f}, "
             f"scene reset {scene})"
         )
 
