@@ -29,12 +29,13 @@ class RosProbe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
 
-    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        """Process callbacks until ``done()`` holds; fail naming ``what`` after ``timeout`` s."""
+    def spin_until(self, done: Callable[[], bool], timeout: float, what: str | Callable[[], str]) -> None:
+        """Process callbacks until ``done()`` holds; fail naming ``what`` after ``timeout`` s (a
+        callable: called then, e.g. for a process's output so far)."""
         end = time.monotonic() + timeout
         while not done() and time.monotonic() < end:
             self.executor.spin_once(timeout_sec=0.02)
-        assert done(), f"timed out waiting for {what}"
+        assert done(), f"timed out waiting for {what() if callable(what) else what}"
 
     def spin_for(self, seconds: float) -> None:
         end = time.monotonic() + seconds

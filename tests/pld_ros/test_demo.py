@@ -178,7 +178,7 @@ def test_the_yam_loop_runs_its_stages_through_the_graph_and_recovers_a_dropped_c
             probe.node.create_subscription(StageState, "/stage/state", lambda m: stages.append(m.name), 10)
             inject: Any = probe.node.create_client(InjectFault, "/sim/inject_fault")
             probe.spin_until(
-                lambda: "move_to_slot3" in stages, 240, f"the second stage:\n{run.output[-3000:]}"
+                lambda: "move_to_slot3" in stages, 240, lambda: f"the second stage:\n{run.output[-3000:]}"
             )
             # The card is lifted out of slot 1 and carried: drop it as soon as it is held.
             answer = probe.call(inject, InjectFault.Request(fault="drop"))

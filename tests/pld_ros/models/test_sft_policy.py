@@ -117,7 +117,9 @@ def test_flow_head_learns_a_deterministic_mapping_and_samples_near_the_data() ->
 def test_token_head_learns_the_mapping_by_teacher_forcing_and_decodes_it_greedily() -> None:
     torch.manual_seed(0)
     policy = AutoregressivePolicy(TINY_AR)
-    before, after = fit(policy)
+    # 600 steps: after 400, on an AMD EPYC (one thread), the frame at brightness 0.48, next to the
+    # gripper's 0.5 threshold, still decoded closed.
+    before, after = fit(policy, steps=600)
     assert after < 0.4 < 4.0 < before  # cross-entropy per token; uniform over 64 bins is 4.16
     images, proprio, chunks = mapping(48)
     with torch.no_grad():

@@ -334,14 +334,14 @@ class SupervisorNode(Node):
         self._command_pub.publish(message)
 
     def _home_arm(self) -> None:
-        if future := self._call_async(self._home_client, Trigger.Request(), "joint homing"):
+        if (future := self._call_async(self._home_client, Trigger.Request(), "joint homing")) is not None:
             self._homing_future = future
 
     def _reset_scene(self) -> None:
         if self._scene_client is None:
             return  # hardware: no scene reset (a scripted one would be a world of its own)
         request = ResetScene.Request(randomize=True, seed=0)
-        if future := self._call_async(self._scene_client, request, "scene reset"):
+        if (future := self._call_async(self._scene_client, request, "scene reset")) is not None:
             self._scene_future = future
 
     def _call_async(self, client: Client, request: Any, what: str) -> Future | None:
