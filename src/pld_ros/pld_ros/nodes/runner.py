@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -51,6 +52,14 @@ def control_arm(profile: Profile) -> str:
         raise NodeConfigError(str(exc)) from None
 
 
+def _stop_without_raising(signum: int, frame: object) -> None:
+    # rclpy's own handler has already shut the context down, which ends the spin; it then calls
+    # this one. Python's default would raise KeyboardInterrupt wherever the main thread happens to
+    # be, e.g. inside a finalizer, where it is printed as a traceback and lost. A second Ctrl-C
+    # raises, for a shutdown that hangs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, threads: int = 1) -> int:
     """Init rclpy, build the node, spin until SIGINT/SIGTERM, and shut down cleanly.
 
@@ -58,6 +67,7 @@ def run_node(factory: Callable[[], Node], args: Sequence[str] | None = None, *, 
     block (e.g. a service that waits for a motion) while the others run.
     Returns the process exit code: 0 after a requested shutdown, 2 for a configuration error.
     """
+    signal.signal(signal.SIGINT, _stop_without_raising)
     rclpy.init(args=list(args) if args is not None else sys.argv)
     node: Node | None = None
     executor: Executor | None = None
